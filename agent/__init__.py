@@ -1,0 +1,3 @@
+"""crystalforge.agent."""
+
+from __future__ import annotations

@@ -1,0 +1,77 @@
+"""The Python API: ``crystalforge.design(...)``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crystalforge.agent.context import Context, ProgressCallback
+from crystalforge.agent.request_parser import parse_request
+from crystalforge.agent.runner import new_run_dir, start_run
+from crystalforge.core.settings import Settings
+from crystalforge.memory.reference_data import resolve_data_dir
+
+if TYPE_CHECKING:
+    from crystalforge.agent.report import RunOutcome
+    from crystalforge.core.spec import Budget, DesignSpec
+
+
+def compile_request(
+    request: str,
+    *,
+    num_candidates: int | None = None,
+    budget: Budget | None = None,
+    max_atoms: int | None = None,
+) -> DesignSpec:
+    """Compile a request with the embedded parser; explicit arguments override the text."""
+    spec = parse_request(request)
+    updates: dict[str, object] = {}
+    if num_candidates is not None:
+        updates["num_candidates"] = num_candidates
+    if budget is not None:
+        updates["budget"] = budget
+    if max_atoms is not None:
+        updates["max_atoms"] = max_atoms
+    # model_validate re-runs the consistency checks on the overridden values.
+    return type(spec).model_validate({**spec.model_dump(), **updates}) if updates else spec
+
+
+def design(
+    request: str | DesignSpec,
+    *,
+    out: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    use_reference_data: bool = True,
+    seed: int = 0,
+    device: str | None = None,
+    settings: Settings | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunOutcome:
+    """Run one design: compile, generate, validate, reflect and report.
+
+    Args:
+        request: A plain-language request or a compiled :class:`DesignSpec`.
+        out: Run folder (default: a new folder under ``settings.runs_dir``).
+        data_dir: Reference data folder (default: resolved as in
+            :func:`~crystalforge.memory.reference_data.resolve_data_dir`).
+        use_reference_data: False judges stability against elemental references only.
+        seed: Base seed of the run.
+        device: ``auto``, ``cpu`` or ``cuda`` for CHGNet (default: the setting).
+        settings: Settings to use (default: read from the environment).
+        progress: Progress sink ``(stage, done, total)``.
+
+    Returns:
+        The outcome: ranked candidates, hits, stop reason and where the report is.
+    """
+    settings = settings or Settings()
+    spec = request if not isinstance(request, str) else compile_request(request)
+    run_dir = Path(out) if out is not None else new_run_dir(settings.runs_dir, spec.request)
+    resolved = (
+        resolve_data_dir(Path(data_dir) if data_dir else None) if use_reference_data else None
+    )
+    context = Context.from_settings(
+        settings, run_dir=run_dir, seed=seed, device=device, progress=progress
+    )
+    context = replace(context, data_dir=resolved)
+    return start_run(spec, context)

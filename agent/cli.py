@@ -1,0 +1,304 @@
+"""The ``crystalforge`` command line: a thin layer over the Python API.
+
+Only this module prints. Exit codes: 0 done, 1 the run failed, 2 bad request or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from crystalforge import __version__
+from crystalforge.core.errors import CrystalForgeError, RequestError, SetupError
+from crystalforge.core.settings import Settings
+from crystalforge.core.spec import Budget
+
+if TYPE_CHECKING:
+    from crystalforge.agent.report import RunOutcome
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crystalforge",
+        description="Design new inorganic crystals: generate, validate with CHGNet, iterate.",
+    )
+    parser.add_argument("--version", action="version", version=f"crystalforge {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="More log output.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    design = sub.add_parser(
+        "design",
+        help="Run one design from a plain-language request.",
+        description=(
+            "Compile the request into a design spec, generate candidates, relax them with CHGNet, "
+            "place them on the reference hull, reflect and iterate; write a run folder."
+        ),
+    )
+    design.add_argument("request", help='e.g. "a stable Li-Mn-O oxide, at most 16 atoms per cell"')
+    _add_run_options(design)
+
+    run = sub.add_parser(
+        "run",
+        help="Run a scripted campaign from a YAML file.",
+        description=(
+            "YAML keys: request (required), and optionally candidates, rounds, samples, "
+            "max_relaxations, max_minutes, max_atoms, seed, out, data_dir, device."
+        ),
+    )
+    run.add_argument("campaign", type=Path, help="Campaign YAML file.")
+
+    resume = sub.add_parser(
+        "resume",
+        help="Continue an interrupted run from its checkpoint.",
+        description=(
+            "Continue a run folder from its last checkpoint; validated candidates are kept."
+        ),
+    )
+    resume.add_argument("run_dir", type=Path, help="The run folder (e.g. runs/2026...).")
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="Run folder (default: a new folder under ./runs/).")
+    p.add_argument("--candidates", type=int, help="Candidates wanted (overrides the request).")
+    p.add_argument("--rounds", type=int, help="Maximum generate-validate rounds (default 3).")
+    p.add_argument("--samples", type=int, help="Structures generated per round (default 12).")
+    p.add_argument(
+        "--max-relaxations", type=int, help="CHGNet relaxations over the run (default 40)."
+    )
+    p.add_argument("--max-minutes", type=float, help="Working-time budget in minutes (default 4).")
+    p.add_argument("--max-atoms", type=int, help="Atoms-per-cell limit (overrides the request).")
+    p.add_argument("--seed", type=int, default=0, help="Base random seed (default 0).")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="CHGNet device (default: auto)."
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="Reference data folder (default: $CRYSTALFORGE_DATA_DIR, then ../shared/data).",
+    )
+    p.add_argument(
+        "--no-reference-data",
+        action="store_true",
+        help="Judge stability against elemental references only.",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crystalforge`` command."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "design":
+            return _design(vars(args))
+        if args.command == "run":
+            return _campaign(args.campaign)
+        if args.command == "resume":
+            return _resume(args.run_dir)
+    except RequestError as exc:
+        err_console.print(f"[bold red]Cannot design this:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    except SetupError as exc:
+        err_console.print(f"[bold red]Setup problem:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    except CrystalForgeError as exc:
+        err_console.print(f"[bold red]Run failed:[/] {escape(str(exc))}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err_console.print("Interrupted. Continue with `crystalforge resume <run folder>`.")
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE  # pragma: no cover - parser.error exits
+
+
+def _design(options: dict[str, Any]) -> int:
+    from crystalforge.agent.api import compile_request
+    from crystalforge.agent.context import Context
+    from crystalforge.agent.runner import new_run_dir, start_run
+    from crystalforge.memory.reference_data import resolve_data_dir
+
+    settings = Settings()
+    budget_updates = {
+        "max_rounds": options.get("rounds"),
+        "samples_per_round": options.get("samples"),
+        "max_validator_calls": options.get("max_relaxations"),
+        "max_wall_time_s": (options["max_minutes"] * 60) if options.get("max_minutes") else None,
+    }
+    text = str(options["request"])
+    spec = compile_request(
+        text, num_candidates=options.get("candidates"), max_atoms=options.get("max_atoms")
+    )
+    updates = {k: v for k, v in budget_updates.items() if v is not None}
+    if updates:
+        try:
+            budget = Budget.model_validate({**spec.budget.model_dump(), **updates})
+        except ValueError as exc:
+            raise RequestError(f"invalid budget option: {exc}") from None
+        spec = spec.model_copy(update={"budget": budget})
+    data_dir = (
+        None if options.get("no_reference_data") else resolve_data_dir(options.get("data_dir"))
+    )
+    out = options.get("out")
+    run_dir = Path(out) if out else new_run_dir(settings.runs_dir, text)
+    context = Context.from_settings(
+        settings, run_dir=run_dir, seed=options.get("seed"), device=options.get("device")
+    )
+    context = replace(context, data_dir=data_dir)
+
+    console.print(f"[bold]crystalforge[/] {__version__}: {escape(text)}")
+    for line in spec.describe():
+        console.print(f"  {escape(line)}")
+    if data_dir is None:
+        console.print(
+            "[yellow]No reference data: stability is judged against elemental references only.[/]"
+        )
+    console.print(f"  run folder: {run_dir}")
+    with _progress() as (progress_cb, on_node):
+        outcome = start_run(spec, replace(context, progress=progress_cb), on_node=on_node)
+    _print_outcome(outcome)
+    return EXIT_OK
+
+
+def _campaign(path: Path) -> int:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SetupError(f"campaign file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SetupError(f"campaign file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "request" not in data:
+        raise SetupError(f"campaign file {str(path)!r} must be a mapping with a 'request' key")
+    known = {
+        "request", "candidates", "rounds", "samples", "max_relaxations", "max_minutes",
+        "max_atoms", "seed", "out", "data_dir", "device", "no_reference_data",
+    }  # fmt: skip
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SetupError(f"unknown campaign keys {unknown}; valid keys: {sorted(known)}")
+    options: dict[str, Any] = {"seed": 0, **data}
+    for key in ("out", "data_dir"):
+        if options.get(key):
+            options[key] = Path(options[key])
+    return _design(options)
+
+
+def _resume(run_dir: Path) -> int:
+    from crystalforge.agent.runner import resume_run
+
+    console.print(f"[bold]crystalforge[/] resuming {run_dir}")
+    with _progress() as (progress_cb, on_node):
+        outcome = resume_run(run_dir, progress=progress_cb, on_node=on_node)
+    _print_outcome(outcome)
+    return EXIT_OK
+
+
+@contextmanager
+def _progress() -> Iterator[tuple[Any, Any]]:
+    """A live progress bar per stage, and a printer of node events."""
+    bars = Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        task = tasks.get(stage)
+        if task is None or (done == 0 and bars.tasks[task].finished):
+            task = bars.add_task(stage, total=max(total, 1), rate="")
+            tasks[stage] = task
+        elapsed = bars.tasks[task].elapsed or 0.0
+        rate = f"{done / elapsed:.2f}/s" if elapsed > 0 and done else ""
+        bars.update(task, completed=done, total=max(total, 1), rate=rate)
+
+    def on_node(node: str, update: dict[str, Any]) -> None:
+        line = _describe_update(node, update)
+        if line:
+            bars.console.print(line)
+
+    with bars:
+        yield on_progress, on_node
+
+
+def _describe_update(node: str, update: dict[str, Any]) -> str | None:
+    if node == "plan" and update.get("plans"):
+        plan = update["plans"][-1]
+        tasks = ", ".join(f"{t['generator']} x{t['num_structures']}" for t in plan["tasks"])
+        return f"[bold]round {plan['round']}[/]: {tasks}"
+    if node == "retrieve" and update.get("reference_name"):
+        known = len(update.get("references", []))
+        return f"  reference: {update['reference_name']} ({known} known phases)"
+    if node == "generate":
+        if update.get("stop_reason"):
+            return f"  [red]{escape(update['stop_reason'])}[/]"
+        return f"  generated {len(update.get('round_ids', []))} new structures"
+    if node == "validate":
+        results = update.get("results", [])
+        passed = sum(r["passed"] for r in results)
+        hits = sum(r["meets_hard"] for r in results)
+        return f"  validated {len(results)}: {passed} passed every stage, {hits} meet every target"
+    if node == "reflect" and update.get("memos"):
+        memo = update["memos"][-1]
+        text = "; ".join(memo["changes"])
+        stop = f" -> stop: {memo['stop_reason']}" if memo["stop_reason"] else ""
+        return f"  reflect: {escape(text + stop)}"
+    return None
+
+
+def _print_outcome(outcome: RunOutcome) -> None:
+    from crystalforge.agent.report import table_rows
+
+    rows = table_rows(outcome.ranked)
+    table = Table(title=f"Ranked candidates (reference: {outcome.reference_name})")
+    for column in ("#", "id", "formula", "SG", "atoms", "E_hull eV/atom"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for row in rows[:15]:
+        table.add_row(
+            str(row["rank"]),
+            row["id"],
+            row["formula"],
+            str(row["space_group"] or ""),
+            str(row["n_atoms"]),
+            row["e_above_hull"],
+            escape(row["short_status"]),
+        )
+    console.print(table)
+    if len(rows) > 15:
+        console.print(f"{len(rows) - 15} more in {outcome.run_dir / 'ranked.csv'}")
+    console.print(
+        f"[bold]{len(outcome.hits)}[/] distinct candidates meet every hard constraint "
+        f"(wanted {outcome.spec.num_candidates}). Stop: {escape(outcome.stop_reason)}."
+    )
+    console.print(f"Report: {outcome.report_path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Per-run knobs, separate from graph state (LangGraph's ``context_schema``).
+
+The context is not checkpointed: a run writes it to ``run.json`` so that ``crystalforge resume``
+rebuilds the same one. Precedence: explicit argument > this context > environment > default;
+:func:`Context.from_settings` applies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from crystalforge.core.settings import Device, LLMChoice, Settings  # noqa: TC001 - LangGraph reads context_schema hints
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``(stage, done, total)``: called as long work advances (the CLI draws a bar)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """Settings of one run."""
+
+    run_dir: Path
+    """Where the run's checkpoint, candidate store and report live."""
+    data_dir: Path | None = None
+    """Reference data folder; ``None`` means elemental references only."""
+    device: Device = "auto"
+    llm: LLMChoice = "embedded"
+    seed: int = 0
+    """Base seed: round r of generator g uses a seed derived from it."""
+    relax_fmax_ev_per_a: float = 0.1
+    relax_max_steps: int = 300
+    generators: tuple[str, ...] = ("pyxtal",)
+    """Generator families the planner may call, by registry name."""
+    relaxer: Literal["chgnet", "fake"] = "chgnet"
+    """``fake`` swaps CHGNet for table-driven energies: for fast tests of the graph only."""
+    progress: ProgressCallback | None = field(default=None, compare=False)
+    """Progress sink; not saved with the run."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, run_dir: Path, **explicit: Any) -> Context:
+        """A context from settings, with explicit (non-None) arguments taking precedence."""
+        values: dict[str, Any] = {
+            "run_dir": run_dir,
+            "data_dir": settings.data_dir,
+            "device": settings.device,
+            "llm": settings.llm,
+            "relax_fmax_ev_per_a": settings.relax_fmax_ev_per_a,
+            "relax_max_steps": settings.relax_max_steps,
+        }
+        values.update({k: v for k, v in explicit.items() if v is not None})
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form without the progress callback (no secrets live here)."""
+        data = asdict(self)
+        data.pop("progress")
+        data["run_dir"] = str(self.run_dir)
+        data["data_dir"] = str(self.data_dir) if self.data_dir else None
+        data["generators"] = list(self.generators)
+        return data
+
+    @classmethod
+    def from_json(
+        cls, data: dict[str, Any], *, progress: ProgressCallback | None = None
+    ) -> Context:
+        """Inverse of :meth:`to_json`."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["run_dir"] = Path(values["run_dir"])
+        values["data_dir"] = Path(values["data_dir"]) if values.get("data_dir") else None
+        values["generators"] = tuple(values.get("generators") or ("pyxtal",))
+        return cls(**values, progress=progress)
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        """Forward progress to the sink, if any."""
+        if self.progress is not None:
+            self.progress(stage, done, total)

@@ -1,0 +1,3 @@
+"""crystalforge.agent.nodes."""
+
+from __future__ import annotations

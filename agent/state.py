@@ -1,0 +1,122 @@
+"""Graph state: small JSON-ready summaries and ids, never structures.
+
+``InputState`` is what callers pass in; ``State`` is what the nodes share. List fields with an
+``operator.add`` reducer accumulate across rounds; the rest are replaced by the node that
+returns them. Structures live in the run's :class:`~crystalforge.memory.run_store.RunStore`.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+
+class CandidateSummary(TypedDict):
+    """One validated candidate as the planner and the report see it."""
+
+    id: str
+    formula: str
+    round: int
+    generator: str
+    n_atoms: int
+    space_group: int | None
+    """Space group of the final (relaxed) structure at symprec 0.1, when known."""
+    passed: bool
+    """Every validation stage passed."""
+    failed_stage: str | None
+    reason: str | None
+    e_above_hull: float | None
+    """eV/atom against the run's reference hull."""
+    formation_energy: float | None
+    """eV/atom."""
+    energy_per_atom: float | None
+    """CHGNet total energy, eV/atom."""
+    converged: bool | None
+    meets_hard: bool
+    """Passed validation and meets every evaluable hard target of the spec."""
+    unmet: list[str]
+    """Hard targets it misses, as text."""
+    unevaluated: list[str]
+    """Targets no installed predictor can evaluate."""
+    score: float
+    """Ranking key, lower is better: summed distance outside the targets, then e_above_hull."""
+
+
+class GenerationTask(TypedDict):
+    """One call to one generator."""
+
+    generator: str
+    """Registry name."""
+    num_structures: int
+    compositions: list[str]
+    """Reduced formulae to focus on (empty: the whole space of the spec)."""
+    space_groups: list[int]
+    """Space groups to focus on (empty: the spec's, or any)."""
+    purpose: str
+    """Why: "explore" the spec's space, or "exploit" what worked."""
+
+
+class Plan(TypedDict):
+    """What the next round will do."""
+
+    round: int
+    seed: int
+    tasks: list[GenerationTask]
+    max_atoms: int
+    rationale: list[str]
+
+
+class Memo(TypedDict):
+    """The reflection after a round: what failed, why, and what to change."""
+
+    round: int
+    evaluated: int
+    hits: int
+    """Candidates meeting every hard target so far (whole run)."""
+    new_hits: int
+    failures: dict[str, int]
+    """Validation stage (or unmet target) -> count this round."""
+    yield_by_generator: dict[str, float]
+    """Hits among validated structures per generator, this round."""
+    best: list[str]
+    """Ids of the best near-misses, best first."""
+    changes: list[str]
+    """What the next plan should do differently, in words."""
+    focus_compositions: list[str]
+    focus_space_groups: list[int]
+    stop_reason: str | None
+
+
+@dataclass
+class InputState:
+    """What a caller passes to start a run."""
+
+    request: str = ""
+    """The design request in plain language."""
+    spec: dict[str, Any] | None = None
+    """A pre-compiled DesignSpec (scripted campaigns); skips parsing when given."""
+
+
+@dataclass
+class State(InputState):
+    """Everything the nodes share."""
+
+    round: int = 0
+    plans: Annotated[list[Plan], operator.add] = field(default_factory=list)
+    """One plan per round; the last is the current one."""
+    reference_name: str | None = None
+    """Name of the reference hull every stability number is measured against."""
+    references: list[dict[str, Any]] = field(default_factory=list)
+    """Known phases of the chemical system (id, formula, e_above_hull, ...)."""
+    round_ids: list[str] = field(default_factory=list)
+    """Candidates generated in the current round."""
+    candidate_ids: Annotated[list[str], operator.add] = field(default_factory=list)
+    results: Annotated[list[CandidateSummary], operator.add] = field(default_factory=list)
+    memos: Annotated[list[Memo], operator.add] = field(default_factory=list)
+    validator_calls: int = 0
+    """CHGNet relaxations so far."""
+    elapsed_s: float = 0.0
+    """Working time so far (generation and validation), excluding time the run was stopped."""
+    stop_reason: str | None = None
+    report_path: str | None = None

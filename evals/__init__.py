@@ -1,0 +1,3 @@
+"""crystalforge.evals."""
+
+from __future__ import annotations

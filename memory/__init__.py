@@ -1,0 +1,3 @@
+"""crystalforge.memory."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Reusable contract tests for the plugin protocols."""
