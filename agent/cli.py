@@ -74,6 +74,21 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     resume.add_argument("run_dir", type=Path, help="The run folder (e.g. runs/2026...).")
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="Run an evaluation suite or benchmark and print its table.",
+        description="Run an evaluation suite; without a suite name, list the suites.",
+    )
+    evaluate.add_argument("suite", nargs="?", help="Suite name (omit to list them).")
+    evaluate.add_argument("--quick", action="store_true", help="The small version that fits CI.")
+    evaluate.add_argument("--json", type=Path, help="Also write the result (with provenance).")
+    evaluate.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    evaluate.add_argument("--limit", type=int, help="Cap on structures or rows processed.")
+    evaluate.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="Torch device."
+    )
+    evaluate.add_argument("--data-dir", type=Path, help="Reference data folder.")
     return parser
 
 
@@ -118,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _campaign(args.campaign)
         if args.command == "resume":
             return _resume(args.run_dir)
+        if args.command == "eval":
+            return _eval(args)
     except RequestError as exc:
         err_console.print(f"[bold red]Cannot design this:[/] {escape(str(exc))}")
         return EXIT_USAGE
@@ -213,6 +230,51 @@ def _resume(run_dir: Path) -> int:
         outcome = resume_run(run_dir, progress=progress_cb, on_node=on_node)
     _print_outcome(outcome)
     return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from crystalforge.evals.base import SuiteOptions
+    from crystalforge.evals.registry import available_suites, load_suite
+    from crystalforge.memory.reference_data import resolve_data_dir
+
+    if not args.suite:
+        table = Table(title="Evaluation suites")
+        table.add_column("suite", no_wrap=True)
+        table.add_column("what it measures")
+        for name, description in available_suites().items():
+            table.add_row(name, description)
+        console.print(table)
+        return EXIT_OK
+    runner = load_suite(args.suite)
+    options = SuiteOptions(
+        quick=args.quick,
+        seed=args.seed,
+        device=args.device,
+        data_dir=resolve_data_dir(args.data_dir),
+        out_dir=args.json.parent if args.json else Path.cwd(),
+        limit=args.limit,
+    )
+    result = runner(options)
+    table = Table(title=result.title)
+    for column in result.columns:
+        table.add_column(column)
+    for row in result.rows:
+        table.add_row(*(_cell(row.get(column)) for column in result.columns))
+    console.print(table)
+    for note in result.notes:
+        console.print(escape(note))
+    for figure in result.figures:
+        console.print(f"figure: {figure}")
+    if args.json:
+        result.write_json(args.json)
+        console.print(f"written: {args.json}")
+    return EXIT_OK
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return escape("" if value is None else str(value))
 
 
 @contextmanager

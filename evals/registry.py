@@ -1,0 +1,43 @@
+"""Evaluation suites by name, loaded lazily (each may need heavy extras)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Protocol, cast
+
+from crystalforge.core.errors import UnknownPluginError
+
+if TYPE_CHECKING:
+    from crystalforge.evals.base import SuiteOptions, SuiteResult
+
+
+class SuiteRunner(Protocol):
+    """A suite's entry point."""
+
+    def __call__(self, options: SuiteOptions) -> SuiteResult:
+        """Run the suite."""
+        ...
+
+
+SUITES: dict[str, tuple[str, str]] = {}
+"""Suite name -> (module, one-line description). Every module exposes ``run(options)``."""
+
+
+def available_suites() -> dict[str, str]:
+    """Suite names and descriptions."""
+    return {name: description for name, (_, description) in sorted(SUITES.items())}
+
+
+def load_suite(name: str) -> SuiteRunner:
+    """The ``run`` function of suite ``name``.
+
+    Raises:
+        UnknownPluginError: no suite has this name (the message lists the valid ones).
+    """
+    try:
+        module_name, _ = SUITES[name]
+    except KeyError:
+        raise UnknownPluginError(
+            f"unknown eval suite {name!r}; choose from {sorted(SUITES)}"
+        ) from None
+    return cast("SuiteRunner", importlib.import_module(module_name).run)
