@@ -64,7 +64,7 @@ CENTERING_MULTIPLICITY = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3
 @functools.cache
 def centering_multiplicity(number: int) -> int:
     """How many primitive cells the conventional cell of space group ``number`` holds."""
-    return CENTERING_MULTIPLICITY[_group(number).symbol[0]]
+    return CENTERING_MULTIPLICITY[str(_group(number).symbol)[0]]
 
 
 @functools.cache
@@ -318,7 +318,7 @@ class PyXtalGenerator:
                     random_state=np.random.default_rng(seed),
                 )
                 structure = crystal.to_pymatgen()
-                if multiplicity > 1:
+                if multiplicity > 1 and isinstance(structure, Structure):
                     # PyXtal's positions are exact: a tight tolerance finds the primitive cell.
                     structure = structure.get_primitive_structure(tolerance=0.01)
             # RuntimeError: "long time to generate structure"; PyXtalError: compatibility and

@@ -393,23 +393,51 @@ class ReferenceData:
             self._entries[chemsys] = entries
         return entries
 
-    def hull_entries(self, chemsys: Iterable[str]) -> list[PDEntry]:
+    def hull_entries(
+        self, chemsys: Iterable[str], *, exclude_ids: Iterable[str] = ()
+    ) -> list[PDEntry]:
         """Entries whose elements are a subset of ``chemsys``, plus elements at 0 eV.
 
         Entry energies are formation energies of the whole cell (eV); ``entry.attribute`` holds
         the source row (material id, source file, space group) for data entries and ``None``
         for the elemental entries.
+
+        Args:
+            chemsys: Elements of the system.
+            exclude_ids: Material ids left out (e.g. the material being scored, so that it is
+                not compared with its own DFT entry).
         """
         system = chemsys_of(chemsys)
+        excluded = frozenset(exclude_ids)
         with self._lock:
             entries = [_elemental_entry(el) for el in system]
             for subsystem in _subsystems(system):
                 entries.extend(self._group_entries(subsystem))
-            return entries
+        if excluded:
+            entries = [
+                e
+                for e in entries
+                if not (isinstance(e.attribute, _Row) and e.attribute.material_id in excluded)
+            ]
+        return entries
 
-    def phase_diagram(self, chemsys: Iterable[str]) -> PhaseDiagram:
-        """Phase diagram of a chemical system in formation-energy space, cached."""
+    def phase_diagram(
+        self, chemsys: Iterable[str], *, exclude_ids: Iterable[str] = ()
+    ) -> PhaseDiagram:
+        """Phase diagram of a chemical system in formation-energy space.
+
+        Args:
+            chemsys: Elements of the system.
+            exclude_ids: Material ids left out of the hull. Diagrams without exclusions are
+                cached; a diagram that leaves out an entry of the system is built afresh each
+                call (tens of ms for a ternary).
+        """
         system = chemsys_of(chemsys)
+        excluded = frozenset(exclude_ids)
+        if excluded:
+            entries = self.hull_entries(system, exclude_ids=excluded)
+            if len(entries) < len(self.hull_entries(system)):
+                return PhaseDiagram(entries, elements=[Element(e) for e in system])
         with self._lock:
             diagram = self._diagrams.get(system)
             if diagram is not None:
