@@ -195,8 +195,7 @@ def _design(options: dict[str, Any]) -> int:
     console.print(f"  run folder: {run_dir}")
     with _progress() as (progress_cb, on_node):
         outcome = start_run(spec, replace(context, progress=progress_cb), on_node=on_node)
-    _print_outcome(outcome)
-    return EXIT_OK
+    return _print_outcome(outcome)
 
 
 def _campaign(path: Path) -> int:
@@ -228,8 +227,7 @@ def _resume(run_dir: Path) -> int:
     console.print(f"[bold]crystalforge[/] resuming {run_dir}")
     with _progress() as (progress_cb, on_node):
         outcome = resume_run(run_dir, progress=progress_cb, on_node=on_node)
-    _print_outcome(outcome)
-    return EXIT_OK
+    return _print_outcome(outcome)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -334,10 +332,17 @@ def _describe_update(node: str, update: dict[str, Any]) -> str | None:
     return None
 
 
-def _print_outcome(outcome: RunOutcome) -> None:
+def _print_outcome(outcome: RunOutcome) -> int:
+    """Print the ranked table; exit code 1 when nothing could be validated."""
     from crystalforge.agent.report import table_rows
 
     rows = table_rows(outcome.ranked)
+    if not rows:
+        err_console.print(
+            f"[bold red]No candidate was validated:[/] {escape(outcome.stop_reason)}. "
+            f"Report: {outcome.report_path}"
+        )
+        return EXIT_FAILED
     table = Table(title=f"Ranked candidates (reference: {outcome.reference_name})")
     for column in ("#", "id", "formula", "SG", "atoms", "E_hull eV/atom"):
         table.add_column(column, no_wrap=True)
@@ -360,6 +365,7 @@ def _print_outcome(outcome: RunOutcome) -> None:
         f"(wanted {outcome.spec.num_candidates}). Stop: {escape(outcome.stop_reason)}."
     )
     console.print(f"Report: {outcome.report_path}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -746,8 +746,15 @@ class ElementalOnlyReference:
         with self._lock:
             return {s: float(v["energy_per_atom"]) for s, v in self._cache().items()}
 
-    def phase_diagram(self, chemsys: Iterable[str]) -> PhaseDiagram:
-        """The elements of the system at 0 eV/atom (no compounds are known)."""
+    def phase_diagram(
+        self, chemsys: Iterable[str], *, exclude_ids: Iterable[str] = ()
+    ) -> PhaseDiagram:
+        """The elements of the system at 0 eV/atom (no compounds are known).
+
+        ``exclude_ids`` is accepted for symmetry with :meth:`ReferenceData.phase_diagram` and
+        has nothing to leave out.
+        """
+        del exclude_ids
         system = chemsys_of(chemsys)
         return PhaseDiagram(
             [_elemental_entry(el) for el in system], elements=[Element(e) for e in system]

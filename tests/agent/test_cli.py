@@ -45,3 +45,15 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("design", "run", "resume"):
         assert command in out
+
+
+def test_impossible_request_ends_quickly_with_the_reason(capsys, tmp_path, data_dir):
+    # Li2MnO3 has no Wyckoff arrangement in Fm-3m at <= 16 atoms: no relaxation is attempted.
+    code = main(
+        ["design", "Li2MnO3 in space group 225, at most 16 atoms", "--out", str(tmp_path / "r"),
+         "--data-dir", str(data_dir)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "space group 225 cannot host Li2MnO3" in " ".join(err.split())
+    assert (tmp_path / "r" / "report.md").exists()

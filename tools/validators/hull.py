@@ -13,17 +13,22 @@ these labels. Re-check this if the model or the reference changes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pymatgen.analysis.phase_diagram import PDEntry
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Element
 
 from crystalforge.core.candidate import Verdict
-from crystalforge.memory.reference_data import ReferenceHull, decomposition_text
+from crystalforge.memory.reference_data import (
+    ElementalOnlyReference,
+    ReferenceData,
+    ReferenceHull,
+    decomposition_text,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from crystalforge.core.candidate import Candidate
 
@@ -45,6 +50,14 @@ class HullValidator:
     max_e_above_hull_ev: float | None = None
     """Largest accepted energy above the hull, eV/atom (``None``: report only)."""
     name: str = "hull"
+    exclude_ids: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Candidate id -> reference material ids left out of the hull when placing that candidate.
+
+    For benchmarks on materials that are themselves hull entries: without this, a held-out
+    material is compared with its own DFT entry. Used when the reference's ``phase_diagram``
+    accepts ``exclude_ids`` (:class:`~crystalforge.memory.reference_data.ReferenceData`); for
+    other references the excluded entries are filtered out of the diagram here.
+    """
 
     def validate(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         """Compute formation energy and e_above_hull of each candidate.
@@ -63,6 +76,22 @@ class HullValidator:
         }
         potentials = self.reference.chemical_potentials(sorted(elements)) if elements else {}
         return [self._place(candidate, potentials) for candidate in candidates]
+
+    def _diagram(self, symbols: list[str], exclude: Sequence[str]) -> PhaseDiagram:
+        if not exclude:
+            return self.reference.phase_diagram(symbols)
+        if isinstance(self.reference, ReferenceData | ElementalOnlyReference):
+            return self.reference.phase_diagram(symbols, exclude_ids=exclude)
+        diagram = self.reference.phase_diagram(symbols)
+        excluded = set(exclude)
+        kept = [
+            e
+            for e in diagram.all_entries
+            if getattr(e.attribute, "material_id", None) not in excluded
+        ]
+        if len(kept) == len(diagram.all_entries):
+            return diagram
+        return PhaseDiagram(kept, elements=diagram.elements)
 
     def _fail(
         self, candidate: Candidate, reason: str, metrics: dict[str, Any] | None = None
@@ -98,7 +127,7 @@ class HullValidator:
             for el, s in zip(composition.elements, symbols, strict=True)
         )
         try:
-            diagram = self.reference.phase_diagram(symbols)
+            diagram = self._diagram(symbols, self.exclude_ids.get(candidate.id, ()))
             decomposition, e_hull = diagram.get_decomp_and_e_above_hull(
                 PDEntry(composition, formation * composition.num_atoms), allow_negative=True
             )
