@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crystalforge.agent.context import Context, ProgressCallback
+from crystalforge.agent.llm.compile_spec import CompiledRequest, compile_with_llm
 from crystalforge.agent.request_parser import parse_request
 from crystalforge.agent.runner import new_run_dir, start_run
+from crystalforge.core.errors import RequestError
 from crystalforge.core.settings import Settings
 from crystalforge.memory.reference_data import resolve_data_dir
 
 if TYPE_CHECKING:
+    from crystalforge.agent.llm.base import LLMBackend
     from crystalforge.agent.report import RunOutcome
     from crystalforge.core.spec import Budget, DesignSpec
 
@@ -23,9 +26,18 @@ def compile_request(
     num_candidates: int | None = None,
     budget: Budget | None = None,
     max_atoms: int | None = None,
-) -> DesignSpec:
-    """Compile a request with the embedded parser; explicit arguments override the text."""
-    spec = parse_request(request)
+    backend: LLMBackend | None = None,
+) -> CompiledRequest:
+    """Compile a request; explicit arguments override the text.
+
+    With a ``backend`` the LLM compiles it (cross-checked against the embedded parser),
+    otherwise the embedded parser does.
+    """
+    if backend is not None:
+        compiled = compile_with_llm(backend, request)
+    else:
+        compiled = CompiledRequest(spec=parse_request(request), source="parser")
+    spec = compiled.spec
     updates: dict[str, object] = {}
     if num_candidates is not None:
         updates["num_candidates"] = num_candidates
@@ -33,8 +45,13 @@ def compile_request(
         updates["budget"] = budget
     if max_atoms is not None:
         updates["max_atoms"] = max_atoms
-    # model_validate re-runs the consistency checks on the overridden values.
-    return type(spec).model_validate({**spec.model_dump(), **updates}) if updates else spec
+    if updates:
+        # model_validate re-runs the consistency checks on the overridden values.
+        try:
+            spec = type(spec).model_validate({**spec.model_dump(), **updates})
+        except ValueError as exc:
+            raise RequestError(f"the options contradict the request: {exc}") from None
+    return replace(compiled, spec=spec)
 
 
 def design(
@@ -65,7 +82,7 @@ def design(
         The outcome: ranked candidates, hits, stop reason and where the report is.
     """
     settings = settings or Settings()
-    spec = request if not isinstance(request, str) else compile_request(request)
+    spec = request if not isinstance(request, str) else compile_request(request).spec
     run_dir = Path(out) if out is not None else new_run_dir(settings.runs_dir, spec.request)
     resolved = (
         resolve_data_dir(Path(data_dir) if data_dir else None) if use_reference_data else None

@@ -112,6 +112,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="Reference data folder (default: $CRYSTALFORGE_DATA_DIR, then ../shared/data).",
     )
     p.add_argument(
+        "--llm",
+        choices=("embedded", "openai"),
+        help="Planner: the embedded parser (default, offline) or an OpenAI-compatible model.",
+    )
+    p.add_argument("--model", help="Model name for --llm openai (default gpt-4o-mini).")
+    p.add_argument(
+        "--base-url",
+        help="OpenAI-compatible server for --llm openai, e.g. http://localhost:11434/v1.",
+    )
+    p.add_argument(
         "--no-reference-data",
         action="store_true",
         help="Judge stability against elemental references only.",
@@ -165,9 +175,31 @@ def _design(options: dict[str, Any]) -> int:
         "max_wall_time_s": (options["max_minutes"] * 60) if options.get("max_minutes") else None,
     }
     text = str(options["request"])
-    spec = compile_request(
-        text, num_candidates=options.get("candidates"), max_atoms=options.get("max_atoms")
+    context = Context.from_settings(
+        settings,
+        run_dir=Path("."),  # replaced below, once the request has compiled
+        seed=options.get("seed"),
+        device=options.get("device"),
+        llm=options.get("llm"),
+        llm_model=options.get("model"),
+        llm_base_url=options.get("base_url"),
     )
+    backend = None
+    if context.llm == "openai":
+        from crystalforge.agent.llm.openai_backend import OpenAIBackend
+
+        backend = OpenAIBackend(
+            model_name=context.llm_model,
+            base_url=context.llm_base_url,
+            api_key=settings.openai_api_key,
+        )
+    compiled = compile_request(
+        text,
+        num_candidates=options.get("candidates"),
+        max_atoms=options.get("max_atoms"),
+        backend=backend,
+    )
+    spec = compiled.spec
     updates = {k: v for k, v in budget_updates.items() if v is not None}
     if updates:
         try:
@@ -180,10 +212,7 @@ def _design(options: dict[str, Any]) -> int:
     )
     out = options.get("out")
     run_dir = Path(out) if out else new_run_dir(settings.runs_dir, text)
-    context = Context.from_settings(
-        settings, run_dir=run_dir, seed=options.get("seed"), device=options.get("device")
-    )
-    context = replace(context, data_dir=data_dir)
+    context = replace(context, run_dir=run_dir, data_dir=data_dir)
 
     console.print(f"[bold]crystalforge[/] {__version__}: {escape(text)}")
     for line in spec.describe():
@@ -192,9 +221,18 @@ def _design(options: dict[str, Any]) -> int:
         console.print(
             "[yellow]No reference data: stability is judged against elemental references only.[/]"
         )
+    notes = [f"request compiled by {compiled.source}", *compiled.notes]
+    for note in compiled.notes:
+        console.print(f"  [yellow]note:[/] {escape(note)}")
     console.print(f"  run folder: {run_dir}")
     with _progress() as (progress_cb, on_node):
-        outcome = start_run(spec, replace(context, progress=progress_cb), on_node=on_node)
+        outcome = start_run(
+            spec,
+            replace(context, progress=progress_cb),
+            on_node=on_node,
+            notes=notes,
+            llm_tokens=compiled.tokens,
+        )
     return _print_outcome(outcome)
 
 
@@ -209,7 +247,8 @@ def _campaign(path: Path) -> int:
         raise SetupError(f"campaign file {str(path)!r} must be a mapping with a 'request' key")
     known = {
         "request", "candidates", "rounds", "samples", "max_relaxations", "max_minutes",
-        "max_atoms", "seed", "out", "data_dir", "device", "no_reference_data",
+        "max_atoms", "seed", "out", "data_dir", "device", "no_reference_data", "llm", "model",
+        "base_url",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:

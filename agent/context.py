@@ -28,6 +28,10 @@ class Context:
     """Reference data folder; ``None`` means elemental references only."""
     device: Device = "auto"
     llm: LLMChoice = "embedded"
+    llm_model: str = "gpt-4o-mini"
+    """Model name for ``llm="openai"``."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible server; ``None``: the client's ``OPENAI_BASE_URL`` or OpenAI."""
     seed: int = 0
     """Base seed: round r of generator g uses a seed derived from it."""
     relax_fmax_ev_per_a: float = 0.1
@@ -47,6 +51,8 @@ class Context:
             "data_dir": settings.data_dir,
             "device": settings.device,
             "llm": settings.llm,
+            "llm_model": settings.llm_model,
+            "llm_base_url": settings.llm_base_url,
             "relax_fmax_ev_per_a": settings.relax_fmax_ev_per_a,
             "relax_max_steps": settings.relax_max_steps,
         }

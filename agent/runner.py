@@ -75,8 +75,13 @@ def start_run(
     context: Context,
     *,
     on_node: NodeCallback | None = None,
+    notes: list[str] | None = None,
+    llm_tokens: int = 0,
 ) -> RunOutcome:
-    """Run a design from a compiled spec in ``context.run_dir`` (created; must not exist)."""
+    """Run a design from a compiled spec in ``context.run_dir`` (created; must not exist).
+
+    ``notes`` and ``llm_tokens`` carry what compiling the request said and cost.
+    """
     run_dir = context.run_dir
     if (run_dir / RUN_FILE).exists():
         raise RunError(
@@ -95,7 +100,12 @@ def start_run(
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )
-    inputs = InputState(request=spec.request, spec=spec.model_dump(mode="json"))
+    inputs = InputState(
+        request=spec.request,
+        spec=spec.model_dump(mode="json"),
+        notes=list(notes or []),
+        llm_tokens=llm_tokens,
+    )
     return _drive(handle, inputs, context, on_node)
 
 

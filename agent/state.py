@@ -96,6 +96,10 @@ class InputState:
     """The design request in plain language."""
     spec: dict[str, Any] | None = None
     """A pre-compiled DesignSpec (scripted campaigns); skips parsing when given."""
+    notes: Annotated[list[str], operator.add] = field(default_factory=list)
+    """Remarks for the report (how the request was compiled, disagreements, fallbacks)."""
+    llm_tokens: int = 0
+    """LLM tokens spent so far (0 with the embedded planner)."""
 
 
 @dataclass

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         description="Planner backend: the embedded rule-based planner or an OpenAI-compatible API.",
     )
     llm_model: str = Field(default="gpt-4o-mini", description="Model name for --llm openai.")
+    llm_base_url: str | None = Field(
+        default=None,
+        description=(
+            "OpenAI-compatible server for --llm openai (vLLM, Ollama, llama.cpp, LM Studio); "
+            "unset: the client's OPENAI_BASE_URL or OpenAI."
+        ),
+    )
     relax_fmax_ev_per_a: float = Field(
         default=0.1, gt=0, description="CHGNet relaxation force threshold (eV/Å)."
     )

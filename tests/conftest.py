@@ -38,3 +38,20 @@ def _no_secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests never talk to OpenAI or the Materials Project.
     for name in ("OPENAI_API_KEY", "MP_API_KEY"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _block_llm_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real model calls fail loudly in tests; the local-server tests opt back in with
+    # the allow_llm_requests fixture.
+    from crystalforge.agent.llm import base
+
+    monkeypatch.setattr(base, "ALLOW_LLM_REQUESTS", False)
+
+
+@pytest.fixture
+def allow_llm_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let backends send requests (to a server the test itself runs on 127.0.0.1)."""
+    from crystalforge.agent.llm import base
+
+    monkeypatch.setattr(base, "ALLOW_LLM_REQUESTS", True)

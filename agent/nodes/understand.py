@@ -7,18 +7,37 @@ from typing import Any
 from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hints at runtime
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
+from crystalforge.agent.llm.compile_spec import compile_with_llm
+from crystalforge.agent.llm.openai_backend import OpenAIBackend
 from crystalforge.agent.request_parser import parse_request
 from crystalforge.agent.state import State  # noqa: TC001 - read at runtime
+from crystalforge.core.settings import Settings
 from crystalforge.core.spec import DesignSpec
 
 
 def understand(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Compile ``state.request`` with the embedded parser, or validate a given spec.
+    """Compile ``state.request`` (embedded parser, or the LLM when ``llm="openai"``).
+
+    A spec given in the input (scripted campaigns, or compiled by the CLI) is validated and kept.
 
     Raises:
         RequestError: the request cannot be compiled (the message says why).
         ClarificationNeeded: the request is ambiguous; the message is the question.
     """
-    del runtime  # the embedded planner needs no per-run knobs here
-    spec = DesignSpec.model_validate(state.spec) if state.spec else parse_request(state.request)
-    return {"spec": spec.model_dump(mode="json")}
+    if state.spec:
+        return {"spec": DesignSpec.model_validate(state.spec).model_dump(mode="json")}
+    context = runtime.context
+    if context.llm == "openai":
+        backend = OpenAIBackend(
+            model_name=context.llm_model,
+            base_url=context.llm_base_url,
+            api_key=Settings().openai_api_key,
+        )
+        compiled = compile_with_llm(backend, state.request)
+        return {
+            "spec": compiled.spec.model_dump(mode="json"),
+            "notes": [f"request compiled by {compiled.source}", *compiled.notes],
+            "llm_tokens": state.llm_tokens + compiled.tokens,
+        }
+    spec = parse_request(state.request)
+    return {"spec": spec.model_dump(mode="json"), "notes": ["request compiled by the parser"]}
