@@ -127,6 +127,8 @@ def write_report(
     stop_reason: str,
     validator_calls: int,
     elapsed_s: float,
+    notes: list[str] | None = None,
+    llm_tokens: int = 0,
 ) -> RunOutcome:
     """Write every output file of a run and return what it found."""
     store = RunStore(run_dir)
@@ -190,6 +192,8 @@ def write_report(
             validator_calls=validator_calls,
             elapsed_s=elapsed_s,
             figures=figures,
+            notes=notes or [],
+            llm_tokens=llm_tokens,
         )
     )
     return RunOutcome(
@@ -217,6 +221,8 @@ def _markdown(
     validator_calls: int,
     elapsed_s: float,
     figures: list[str],
+    notes: list[str],
+    llm_tokens: int,
 ) -> str:
     lines = ["# crystalforge design report", "", f"**Request:** {request or '(compiled spec)'}", ""]
     lines += ["## Compiled spec", ""] + [f"- {line}" for line in spec.describe()] + [""]
@@ -245,9 +251,13 @@ def _markdown(
         f"- distinct candidates meeting every hard constraint: {len(hits)} "
         f"(wanted {spec.num_candidates})",
         f"- validated structures: {len(rows)}; CHGNet relaxations: {validator_calls}; "
-        f"working time: {elapsed_s:.0f} s",
+        f"working time: {elapsed_s:.0f} s; LLM tokens: {llm_tokens}",
+        f"- per hit: {_per_hit(validator_calls, len(hits))} relaxations, "
+        f"{_per_hit(elapsed_s, len(hits))} s, {_per_hit(llm_tokens, len(hits))} LLM tokens",
         "",
     ]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     lines += ["## Ranked candidates", ""]
     shown = rows[:20]
     if shown:
@@ -293,6 +303,10 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _per_hit(total: float, hits: int) -> str:
+    return f"{total / hits:.0f}" if hits else "n/a (no hit)"
 
 
 def _figures(

@@ -31,5 +31,7 @@ def report(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         stop_reason=state.stop_reason or "finished",
         validator_calls=state.validator_calls,
         elapsed_s=state.elapsed_s,
+        notes=list(state.notes),
+        llm_tokens=state.llm_tokens,
     )
     return {"report_path": str(outcome.report_path)}
