@@ -106,3 +106,27 @@ def test_unreachable_server_falls_back_to_the_parser(monkeypatch):
     compiled = compile_with_llm(backend, REQUEST)
     assert compiled.source == "parser (fallback)"
     assert compiled.notes[0].startswith("LLM unavailable")
+
+
+@pytest.mark.chgnet
+@pytest.mark.usefixtures("allow_llm_requests")
+def test_design_command_with_an_openai_compatible_server(monkeypatch, tmp_path, data_dir, capsys):
+    pytest.importorskip("chgnet")
+    from crystalforge.agent.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-written")
+    out = tmp_path / "run"
+    with ScriptedOpenAIServer() as server:
+        server.reply_tool_call(TOOL_NAME, {"chemical_system": ["Mg", "O"], "max_atoms": 2})
+        code = main(
+            ["design", "rock-salt magnesium oxide, two atoms per cell", "--llm", "openai",
+             "--base-url", server.base_url, "--model", "test-model", "--out", str(out),
+             "--samples", "2", "--rounds", "1", "--data-dir", str(data_dir)]
+        )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "request compiled by llm" in report
+    assert "LLM tokens: 150" in report
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".md", ".csv"}:
+            assert "sk-never-written" not in path.read_text()
