@@ -41,6 +41,8 @@ class CandidateSummary(TypedDict):
     """Targets no installed predictor can evaluate."""
     score: float
     """Ranking key, lower is better: summed distance outside the targets, then e_above_hull."""
+    seconds: float
+    """Validation time spent on it (relaxation), seconds."""
 
 
 class GenerationTask(TypedDict):
@@ -79,6 +81,8 @@ class Memo(TypedDict):
     """Validation stage (or unmet target) -> count this round."""
     yield_by_generator: dict[str, float]
     """Hits among validated structures per generator, this round."""
+    generator_stats: dict[str, dict[str, float]]
+    """Generator -> samples, survivors (hits) and validation seconds this round (router input)."""
     best: list[str]
     """Ids of the best near-misses, best first."""
     changes: list[str]

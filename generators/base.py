@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
     from crystalforge.core.candidate import Candidate
     from crystalforge.core.spec import DesignSpec
 
@@ -19,7 +21,9 @@ class GenerationRequest:
     Element tuples are sorted symbols. ``chemical_system`` means every structure contains all of
     its elements and nothing else; ``elements`` is a looser pool (any subset of it, with the
     ``required_elements``). ``compositions`` restricts sampling to these reduced formulae (the
-    planner sets it to focus a round on compositions that worked).
+    planner sets it to focus a round on compositions that worked). ``parents`` are structures to
+    mutate or substitute into, e.g. retrieved references or the best near-miss of a previous
+    round; generators that do not start from structures ignore them.
     """
 
     num_structures: int
@@ -34,6 +38,10 @@ class GenerationRequest:
     max_atoms: int = 20
     space_groups: tuple[int, ...] = ()
     round: int = 0
+    # pymatgen Structures are unhashable: leave them out of the hash (equality still compares).
+    parents: tuple[Structure, ...] = field(default=(), hash=False)
+    """Structures to mutate or substitute into, e.g. retrieved references or the best near-miss
+    of a previous round (``properties["material_id"]`` names each, when known)."""
 
     @classmethod
     def from_spec(

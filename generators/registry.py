@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 _GENERATORS: dict[str, tuple[str, str, str | None]] = {
     "fake": ("crystalforge.generators.fake", "FakeGenerator", None),
     "pyxtal": ("crystalforge.generators.symmetry", "PyXtalGenerator", None),
+    "substitution": ("crystalforge.generators.substitution", "SubstitutionGenerator", None),
+    "wyckoff": ("crystalforge.generators.wyckoff", "WyckoffPriorGenerator", None),
 }
 
 

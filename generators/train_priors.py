@@ -37,6 +37,7 @@ from crystalforge.generators.priors import (
     FORMAT_VERSION,
     combination_key,
     general_multiplicity,
+    wyckoff_label,
 )
 from crystalforge.generators.symmetry import CENTERING_MULTIPLICITY
 
@@ -62,16 +63,16 @@ def training_rows(data_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     summary: dict[str, Any] = {"held_out_file": HELD_OUT_FILE, "held_out_ids": len(held_out)}
     per_file: dict[str, dict[str, int]] = {}
     for name in TRAINING_FILES:
-        frame = pd.read_csv(data_dir / name, index_col=0, usecols=["Unnamed: 0", "material_id", "cif"])
+        frame = pd.read_csv(
+            data_dir / name, index_col=0, usecols=["Unnamed: 0", "material_id", "cif"]
+        )
         kept = frame[~frame.material_id.isin(held_out)].assign(source=name)
         per_file[name] = {"rows": len(frame), "held_out_removed": len(frame) - len(kept)}
         frames.append(kept)
     rows = pd.concat(frames, ignore_index=True)
     before = len(rows)
     rows = rows.drop_duplicates("material_id", keep="first").reset_index(drop=True)
-    summary.update(
-        files=per_file, duplicates_removed=before - len(rows), training_rows=len(rows)
-    )
+    summary.update(files=per_file, duplicates_removed=before - len(rows), training_rows=len(rows))
     return rows, summary
 
 
@@ -86,11 +87,13 @@ def analyse(cif: str) -> dict[str, Any] | None:
         symmetrized = analyzer.get_symmetrized_structure()
         number = analyzer.get_space_group_number()
         symbol = analyzer.get_space_group_symbol()
+    # pymatgen's wyckoff_symbols count the sites of the input cell; the letter is spglib's
+    # (standard setting), and the conventional multiplicity comes from PyXtal's tables.
     by_element: dict[str, list[str]] = defaultdict(list)
-    for sites, letter in zip(
+    for sites, symbol_ in zip(
         symmetrized.equivalent_sites, symmetrized.wyckoff_symbols, strict=True
     ):
-        by_element[sites[0].specie.symbol].append(letter)
+        by_element[sites[0].specie.symbol].append(wyckoff_label(number, symbol_[-1]))
     conventional_atoms = sum(int(letter[:-1]) for v in by_element.values() for letter in v)
     centering = CENTERING_MULTIPLICITY.get(symbol[0], 1)
     if conventional_atoms % centering:
@@ -150,7 +153,7 @@ def learn(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Learn the priors and write them as JSON; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "data" / "wyckoff_priors.json"

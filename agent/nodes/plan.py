@@ -14,6 +14,7 @@ from crystalforge.agent.state import (
     State,
 )
 from crystalforge.core.spec import DesignSpec
+from crystalforge.generators.router import FamilyYield, Router
 
 if TYPE_CHECKING:
     from crystalforge.agent.state import Memo
@@ -28,7 +29,29 @@ def round_seed(base_seed: int, round_index: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_plan(spec: DesignSpec, memo: Memo | None, *, round_index: int, context: Context) -> Plan:
+def yield_history(memos: list[Memo]) -> list[FamilyYield]:
+    """What each generator yielded in earlier rounds, as the router reads it."""
+    return [
+        FamilyYield(
+            family=name,
+            samples=int(stats["samples"]),
+            survivors=int(stats["survivors"]),
+            seconds=float(stats["seconds"]),
+            round=memo["round"],
+        )
+        for memo in memos
+        for name, stats in memo.get("generator_stats", {}).items()
+    ]
+
+
+def make_plan(
+    spec: DesignSpec,
+    memo: Memo | None,
+    *,
+    round_index: int,
+    context: Context,
+    history: list[FamilyYield] | None = None,
+) -> Plan:
     """The plan of one round.
 
     Round 0 explores the whole space the spec allows. Later rounds follow the memo: when it
@@ -36,6 +59,7 @@ def make_plan(spec: DesignSpec, memo: Memo | None, *, round_index: int, context:
     go to them and the rest keep exploring.
     """
     samples = spec.budget.samples_per_round
+    history = history or []
     rationale: list[str] = []
     generators = list(context.generators)
     focus_compositions = list(memo["focus_compositions"]) if memo else []
@@ -63,9 +87,11 @@ def make_plan(spec: DesignSpec, memo: Memo | None, *, round_index: int, context:
         )
     explore = samples - exploit
     if explore > 0:
-        share, extra = divmod(explore, len(generators))
-        for i, name in enumerate(generators):
-            n = share + (1 if i < extra else 0)
+        allocation = Router().allocate(
+            explore, generators, history, seed=round_seed(context.seed, round_index)
+        )
+        for name in generators:
+            n = allocation.samples.get(name, 0)
             if n:
                 tasks.append(
                     GenerationTask(
@@ -77,6 +103,8 @@ def make_plan(spec: DesignSpec, memo: Memo | None, *, round_index: int, context:
                     )
                 )
         rationale.append(f"{explore} samples explore the whole space of the spec")
+        if len(generators) > 1:
+            rationale.append(f"router: {allocation.rationale}")
     if memo:
         rationale.extend(memo["changes"])
     return Plan(
@@ -95,6 +123,14 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     memo = state.memos[-1] if state.memos else None
     round_index = state.round + 1 if state.plans else 0
     return {
-        "plans": [make_plan(spec, memo, round_index=round_index, context=runtime.context)],
+        "plans": [
+            make_plan(
+                spec,
+                memo,
+                round_index=round_index,
+                context=runtime.context,
+                history=yield_history(list(state.memos)),
+            )
+        ],
         "round": round_index,
     }

@@ -82,9 +82,16 @@ def make_memo(
     new_hits = len(hits) - (previous[-1]["hits"] if previous else 0)
 
     yield_by_generator: dict[str, float] = {}
+    generator_stats: dict[str, dict[str, float]] = {}
     for generator in sorted({r["generator"] for r in this_round}):
         mine = [r for r in this_round if r["generator"] == generator]
-        yield_by_generator[generator] = round(sum(r["meets_hard"] for r in mine) / len(mine), 3)
+        survivors = sum(r["meets_hard"] for r in mine)
+        yield_by_generator[generator] = round(survivors / len(mine), 3)
+        generator_stats[generator] = {
+            "samples": len(mine),
+            "survivors": survivors,
+            "seconds": round(sum(r.get("seconds", 0.0) for r in mine), 3),
+        }
 
     threshold = _stability_threshold(spec)
     validated = [r for r in results if r["passed"] and r["e_above_hull"] is not None]
@@ -149,6 +156,7 @@ def make_memo(
         new_hits=new_hits,
         failures=dict(failures.most_common()),
         yield_by_generator=yield_by_generator,
+        generator_stats=generator_stats,
         best=best,
         changes=changes,
         focus_compositions=focus_compositions,

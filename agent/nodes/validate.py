@@ -69,6 +69,7 @@ def summarize(
         unmet=list(assessment.unmet),
         unevaluated=list(assessment.unevaluated),
         score=assessment.score,
+        seconds=number("relax_seconds") or 0.0,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from crystalforge.agent.context import Context
-from crystalforge.agent.nodes.plan import make_plan
+from crystalforge.agent.nodes.plan import make_plan, yield_history
 from crystalforge.agent.nodes.reflect import distinct_hits, make_memo
 from crystalforge.agent.state import CandidateSummary
 from crystalforge.core.spec import Budget, DesignSpec, PropertyTarget
@@ -112,3 +112,22 @@ def test_budget_and_patience_stop_rules():
     third = make_memo(SPEC, results, [first, second], round_index=2, validator_calls=1, elapsed_s=1)
     assert second["stop_reason"] is None
     assert third["stop_reason"] == "no improvement in 2 rounds"
+
+
+def test_explore_samples_shift_to_the_generator_with_the_better_yield(tmp_path: Path):
+    good = [summary(i, "LiMnO2", 0.05) | {"generator": "pyxtal", "id": f"c-a{i:011d}"}
+            for i in range(6)]  # fmt: skip
+    bad = [summary(i, "Li2MnO3", 0.9) | {"generator": "fake", "id": f"c-b{i:011d}"}
+           for i in range(6)]  # fmt: skip
+    spec = SPEC.model_copy(update={"num_candidates": 50})
+    memo = make_memo(spec, good + bad, [], round_index=0, validator_calls=12, elapsed_s=10)  # type: ignore[arg-type]
+    assert memo["generator_stats"]["pyxtal"]["survivors"] == 6
+    assert memo["generator_stats"]["fake"]["survivors"] == 0
+    context = Context(run_dir=tmp_path, generators=("pyxtal", "fake"))
+    plan = make_plan(spec, memo, round_index=1, context=context, history=yield_history([memo]))
+    explore = {
+        t["generator"]: t["num_structures"] for t in plan["tasks"] if t["purpose"] == "explore"
+    }
+    assert explore["pyxtal"] > explore.get("fake", 0)
+    assert explore.get("fake", 0) >= 1  # the router's floor keeps some evidence coming
+    assert any(line.startswith("router:") for line in plan["rationale"])

@@ -1,0 +1,417 @@
+"""Random symmetric crystals whose symmetry is sampled from priors learned on known crystals.
+
+Like :class:`~crystalforge.generators.symmetry.PyXtalGenerator`, each structure is a seeded
+random draw of a charge-balanced composition (from
+:func:`~crystalforge.generators.compositions.enumerate_compositions`), a number of formula units,
+a space group and PyXtal's placement of atoms on a random lattice. Unlike it, the draws follow
+:mod:`~crystalforge.generators.priors` (learned from training rows of MP-20 and MPTS-52):
+
+* a composition is drawn with weight ``(1 + count of its anonymous formula) ** formula_prior_power
+  / sqrt(1 + rank)`` (a power below 1 keeps rarer stoichiometries in play)
+  and a cell size with weight ``1 + count of that many atoms per primitive cell`` (for that
+  number of elements);
+* with probability ``combination_share``, and when known crystals with the same per-element
+  atom counts exist, a whole Wyckoff combination (space group plus the Wyckoff positions of each
+  element) is drawn with weight equal to its count, and elements are assigned to its site groups
+  by their learned site-symmetry tendencies; PyXtal then places atoms on exactly those sites
+  (``parameters["prior"] == "combination"``);
+* otherwise a space group is drawn from the learned space-group frequencies of structures with
+  as many elements (``"space_group"``), and PyXtal chooses the Wyckoff positions itself; where the
+  priors have no data (e.g. 6+ elements, or no compatible group among 64 draws) the space group
+  comes from PyXtalGenerator's hand-written prior (``"fallback"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+from pyxtal import pyxtal
+from pyxtal.msg import Error as PyXtalError
+
+from crystalforge.core.candidate import Candidate
+from crystalforge.core.errors import ConfigError, GenerationFailed
+from crystalforge.generators.compositions import CompositionChoice, enumerate_compositions
+from crystalforge.generators.priors import (
+    WyckoffCombination,
+    WyckoffPriors,
+    general_multiplicity,
+    load_priors,
+)
+from crystalforge.generators.symmetry import (
+    _compatible,
+    _draw_space_group,
+    _group,
+    centering_multiplicity,
+)
+
+if TYPE_CHECKING:
+    from crystalforge.core.candidate import Scalar
+    from crystalforge.generators.base import Family, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+_GROUP_DRAWS = 64  # space-group draws per attempt before falling back
+_SCANNED_CELLS = 512  # (composition, z) cells checked against requested space groups
+_MAX_PERMUTED_GROUPS = 6  # element-to-site assignments are enumerated up to this many elements
+_CENTERINGS = (1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One composition at one number of formula units, with its prior weight."""
+
+    choice: CompositionChoice
+    z: int
+    weight: float
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(self.choice.species_and_counts(self.z)[1])
+
+
+@dataclass(frozen=True)
+class _Pool:
+    cells: list[_Cell]
+    probabilities: np.ndarray
+
+    @classmethod
+    def of(cls, cells: list[_Cell]) -> _Pool:
+        weights = np.array([c.weight for c in cells])
+        return cls(cells, weights / weights.sum())
+
+    def draw(self, rng: np.random.Generator) -> _Cell:
+        return self.cells[int(rng.choice(len(self.cells), p=self.probabilities))]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one attempt builds: a cell, a space group, and optionally sites per element."""
+
+    cell: _Cell
+    space_group: int
+    prior: str
+    sites: tuple[tuple[str, ...], ...] | None = None
+    combination_count: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class WyckoffPriorGenerator:
+    """Symmetric crystals from learned Wyckoff priors (registry and family ``"wyckoff"``).
+
+    Structure ``i`` of a request depends only on ``request.seed`` and ``i``. Atom counts refer to
+    the primitive cell, as for :class:`~crystalforge.generators.symmetry.PyXtalGenerator`. Fewer
+    than ``num_structures`` come back (with a warning) when the attempt or time budget runs out;
+    none raises :class:`~crystalforge.core.errors.GenerationFailed`. Each candidate records in
+    ``parameters["prior"]`` whether its symmetry came from a learned Wyckoff combination, the
+    learned space-group frequencies or the fallback.
+    """
+
+    combination_share: float = 0.8
+    """Probability of drawing a learned Wyckoff combination when one fits the cell."""
+    formula_prior_power: float = 1.0
+    """Exponent on the learned anonymous-formula counts in composition weights (0: ignore
+    them; 0.5 measured more diverse but with fewer SMACT-valid structures, see
+    ``docs/generators.md``)."""
+    max_attempts_per_structure: int = 10
+    """PyXtal attempts per requested structure before giving up on it."""
+    volume_factor: float = 1.0
+    """Cell volume relative to the sum of atomic volumes from radii (PyXtal's ``factor``)."""
+    timeout_s: float = 60.0
+    """Wall-clock budget for one ``generate`` call in seconds, checked between attempts."""
+    max_cell_atoms: int = 120
+    """Largest primitive cell attempted."""
+    priors_path: str | None = None
+    """JSON written by ``train_priors``; ``None``: the priors shipped with the package."""
+    name: str = field(default="wyckoff", init=False)
+    family: Family = field(default="wyckoff", init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.combination_share <= 1.0:
+            raise ConfigError(
+                f"combination_share must be in [0, 1], got {self.combination_share!r}"
+            )
+        if not (self.formula_prior_power >= 0 and math.isfinite(self.formula_prior_power)):
+            raise ConfigError(f"formula_prior_power must be >= 0, got {self.formula_prior_power!r}")
+        if self.max_attempts_per_structure < 1:
+            raise ConfigError(
+                f"max_attempts_per_structure must be >= 1, got {self.max_attempts_per_structure!r}"
+            )
+        if not (self.volume_factor > 0 and math.isfinite(self.volume_factor)):
+            raise ConfigError(f"volume_factor must be positive, got {self.volume_factor!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
+        if self.max_cell_atoms < 1:
+            raise ConfigError(f"max_cell_atoms must be >= 1, got {self.max_cell_atoms!r}")
+
+    @property
+    def priors(self) -> WyckoffPriors:
+        """The learned priors (loaded once per process)."""
+        return load_priors(self.priors_path)
+
+    def generate(self, request: GenerationRequest) -> list[Candidate]:
+        """Propose ``request.num_structures`` structures with learned symmetry.
+
+        Raises:
+            GenerationFailed: The request admits no structure (no charge-balanced composition
+                in the atom range, requested space groups that cannot host any of them, a cell
+                beyond ``max_cell_atoms``), or every attempt failed.
+        """
+        if request.num_structures < 0:
+            raise GenerationFailed(f"num_structures must be >= 0, got {request.num_structures!r}")
+        if request.num_structures == 0:
+            return []
+        if bad := [sg for sg in request.space_groups if not 1 <= sg <= 230]:
+            raise GenerationFailed(f"space groups must be in 1-230, got {bad!r}")
+        priors = self.priors
+        pool = self._pool(request, priors)
+        deadline = time.monotonic() + self.timeout_s
+        out: list[Candidate] = []
+        seen: set[str] = set()
+        attempts = failures = duplicates = 0
+        timed_out = False
+        combos_cache: dict[tuple[int, ...], list[WyckoffCombination]] = {}
+        for index in range(request.num_structures):
+            rng = np.random.default_rng([request.seed % 2**64, index])
+            for attempt in range(self.max_attempts_per_structure):
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                attempts += 1
+                plan = self._plan(rng, pool, request, priors, combos_cache)
+                pyxtal_seed = int(rng.integers(2**63))
+                structure = None if plan is None else self._build(plan, pyxtal_seed)
+                if plan is None or structure is None:
+                    failures += 1
+                    continue
+                choice = plan.cell.choice
+                parameters: dict[str, Scalar] = {
+                    "index": index,
+                    "attempt": attempt,
+                    "prior": plan.prior,
+                    "space_group": plan.space_group,
+                    "formula": choice.formula,
+                    "z": plan.cell.z,
+                    "charge_balance": choice.charge_balance,
+                    "oxidation_states": choice.oxidation_label(),
+                    "pyxtal_seed": pyxtal_seed,
+                    "volume_factor": self.volume_factor,
+                }
+                if plan.sites is not None:
+                    parameters["wyckoff_sites"] = " ".join(
+                        f"{el}:{','.join(sites)}"
+                        for el, sites in zip(choice.elements, plan.sites, strict=True)
+                    )
+                    parameters["combination_count"] = plan.combination_count
+                candidate = Candidate.create(
+                    structure,
+                    generator=self.name,
+                    seed=request.seed,
+                    parameters=parameters,
+                    round=request.round,
+                )
+                if candidate.id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(candidate.id)
+                out.append(candidate)
+                break
+            if timed_out:
+                break
+        why = (
+            f"the {self.timeout_s:g} s time budget ran out"
+            if timed_out
+            else f"{failures} of {attempts} attempts failed and {duplicates} were duplicates"
+        )
+        if not out:
+            raise GenerationFailed(f"wyckoff produced no structure: {why}")
+        if len(out) < request.num_structures:
+            logger.warning(
+                "wyckoff returned %d of %d structures: %s", len(out), request.num_structures, why
+            )
+        return out
+
+    # -- drawing ---------------------------------------------------------------------------
+
+    def _pool(self, request: GenerationRequest, priors: WyckoffPriors) -> _Pool:
+        """Every (composition, z) that fits, weighted by the learned formula and size priors."""
+        if request.min_atoms > self.max_cell_atoms:
+            raise GenerationFailed(
+                f"min_atoms={request.min_atoms!r} is beyond the {self.max_cell_atoms} atoms per "
+                "cell this generator places (set max_cell_atoms to raise it)"
+            )
+        cells: list[_Cell] = []
+        for rank, choice in enumerate(enumerate_compositions(request)):
+            anonymous = Composition(choice.formula).anonymized_formula
+            count = priors.anonymous_formula_count(anonymous)
+            weight = (1 + count) ** self.formula_prior_power / math.sqrt(1 + rank)
+            sizes = priors.num_atoms_counts(num_elements=len(choice.elements))
+            zs = [z for z in choice.z_options if z * choice.num_atoms <= self.max_cell_atoms]
+            size_weights = [1 + sizes.get(z * choice.num_atoms, 0) for z in zs]
+            total = sum(size_weights)
+            cells.extend(
+                _Cell(choice, z, weight * w / total) for z, w in zip(zs, size_weights, strict=True)
+            )
+        if not cells:
+            raise GenerationFailed(
+                f"no composition fits in {self.max_cell_atoms} atoms per cell (max_cell_atoms)"
+            )
+        if request.space_groups:
+            groups = sorted(set(request.space_groups))
+            hosted = [
+                c for c in cells[:_SCANNED_CELLS] if any(_compatible(g, c.counts) for g in groups)
+            ]
+            if not hosted:
+                formulas = list(dict.fromkeys(c.choice.formula for c in cells[:_SCANNED_CELLS]))
+                shown = ", ".join(formulas[:5]) + (
+                    f" or {len(formulas) - 5} more" if len(formulas) > 5 else ""
+                )
+                raise GenerationFailed(
+                    f"space group {' or '.join(map(str, groups))} cannot host {shown} with "
+                    f"{max(request.min_atoms, 1)}-{min(request.max_atoms, self.max_cell_atoms)} "
+                    "atoms per cell"
+                )
+            cells = hosted
+        return _Pool.of(cells)
+
+    def _plan(
+        self,
+        rng: np.random.Generator,
+        pool: _Pool,
+        request: GenerationRequest,
+        priors: WyckoffPriors,
+        combos_cache: dict[tuple[int, ...], list[WyckoffCombination]],
+    ) -> _Plan | None:
+        cell = pool.draw(rng)
+        counts = cell.counts
+        if counts not in combos_cache:
+            combos_cache[counts] = _matching_combinations(priors, counts, request.space_groups)
+        combos = combos_cache[counts]
+        if combos and rng.random() < self.combination_share:
+            weights = np.array([c.count for c in combos], dtype=float)
+            combo = combos[int(rng.choice(len(combos), p=weights / weights.sum()))]
+            sites = _assign_sites(rng, priors, cell, combo)
+            if sites is not None:
+                return _Plan(cell, combo.space_group, "combination", sites, combo.count)
+        if request.space_groups:
+            groups = [g for g in sorted(set(request.space_groups)) if _compatible(g, counts)]
+            if not groups:
+                return None
+            learned = priors.space_group_counts(num_elements=len(counts))
+            weights = np.array([1.0 + learned.get(g, 0) for g in groups])
+            space_group = groups[int(rng.choice(len(groups), p=weights / weights.sum()))]
+            return _Plan(cell, space_group, "space_group" if learned else "fallback")
+        learned = priors.space_group_counts(num_elements=len(counts))
+        if learned:
+            groups = sorted(learned)
+            probabilities = np.array([learned[g] for g in groups], dtype=float)
+            probabilities /= probabilities.sum()
+            for _ in range(_GROUP_DRAWS):
+                space_group = groups[int(rng.choice(len(groups), p=probabilities))]
+                if _compatible(space_group, counts):
+                    return _Plan(cell, space_group, "space_group")
+        for _ in range(_GROUP_DRAWS):
+            space_group = _draw_space_group(rng)
+            if _compatible(space_group, counts):
+                return _Plan(cell, space_group, "fallback")
+        return None
+
+    def _build(self, plan: _Plan, seed: int) -> Structure | None:
+        """PyXtal's crystal for a plan, reduced to its primitive cell; ``None`` on failure."""
+        species, counts = plan.cell.choice.species_and_counts(plan.cell.z)
+        multiplicity = centering_multiplicity(plan.space_group)
+        crystal = pyxtal()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                crystal.from_random(
+                    3,
+                    _group(plan.space_group),
+                    species,
+                    [c * multiplicity for c in counts],
+                    factor=self.volume_factor,
+                    sites=None if plan.sites is None else [list(s) for s in plan.sites],
+                    random_state=np.random.default_rng(seed),
+                )
+                structure = crystal.to_pymatgen()
+                if not isinstance(structure, Structure):
+                    return None
+                if multiplicity > 1:
+                    structure = structure.get_primitive_structure(tolerance=0.01)
+            # RuntimeError: "long time to generate structure"; PyXtalError: compatibility and
+            # volume errors; ValueError/KeyError/IndexError: degenerate lattices, bad site labels.
+            except (RuntimeError, ValueError, KeyError, IndexError, PyXtalError) as exc:
+                logger.debug(
+                    "pyxtal failed for %s in %d: %s",
+                    plan.cell.choice.formula, plan.space_group, exc,
+                )  # fmt: skip
+                return None
+        if not isinstance(structure, Structure) or len(structure) != sum(counts):
+            return None
+        return structure
+
+
+def _matching_combinations(
+    priors: WyckoffPriors, counts: tuple[int, ...], space_groups: tuple[int, ...]
+) -> list[WyckoffCombination]:
+    """Learned combinations whose per-element atoms equal ``counts`` in their conventional cell."""
+    allowed = set(space_groups)
+    out: list[WyckoffCombination] = []
+    for centering in _CENTERINGS:
+        sums = tuple(sorted((c * centering for c in counts), reverse=True))
+        for combo in priors.matching_combinations(sums):
+            if allowed and combo.space_group not in allowed:
+                continue
+            if centering_multiplicity(combo.space_group) == centering:
+                out.append(combo)
+    return out
+
+
+def _site_weight(priors: WyckoffPriors, element: str, space_group: int, label: str) -> float:
+    """Smoothed probability that ``element`` sits on a site of this site-symmetry order."""
+    orders = priors.element_site_orders(element)
+    order = general_multiplicity(space_group) // int(label[:-1])
+    return (orders.get(order, 0) + 1) / (sum(orders.values()) + 48)
+
+
+def _assign_sites(
+    rng: np.random.Generator, priors: WyckoffPriors, cell: _Cell, combo: WyckoffCombination
+) -> tuple[tuple[str, ...], ...] | None:
+    """Site groups of ``combo`` per element of ``cell``, drawn by site tendencies.
+
+    Only assignments where each element gets exactly its atom count are considered; each is
+    weighted by the product over its sites of :func:`_site_weight`.
+    """
+    elements = cell.choice.elements
+    multiplicity = centering_multiplicity(combo.space_group)
+    wanted = [c * multiplicity for c in cell.counts]
+    groups = combo.groups
+    sums = [sum(int(label[:-1]) for label in g) for g in groups]
+    if len(groups) != len(elements) or len(groups) > _MAX_PERMUTED_GROUPS:
+        return None
+    options: list[tuple[tuple[str, ...], ...]] = []
+    weights: list[float] = []
+    for order in itertools.permutations(range(len(groups))):
+        if any(sums[j] != wanted[i] for i, j in enumerate(order)):
+            continue
+        assigned = tuple(groups[j] for j in order)
+        weight = math.prod(
+            _site_weight(priors, el, combo.space_group, label)
+            for el, group in zip(elements, assigned, strict=True)
+            for label in group
+        )
+        options.append(assigned)
+        weights.append(weight)
+    if not options:
+        return None
+    p = np.array(weights) / sum(weights)
+    return options[int(rng.choice(len(options), p=p))]
