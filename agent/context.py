@@ -36,8 +36,9 @@ class Context:
     """Base seed: round r of generator g uses a seed derived from it."""
     relax_fmax_ev_per_a: float = 0.1
     relax_max_steps: int = 300
-    generators: tuple[str, ...] = ("pyxtal",)
-    """Generator families the planner may call, by registry name."""
+    generators: tuple[str, ...] = ("wyckoff", "pyxtal", "substitution")
+    """Generators the planner may call, by registry name; the first takes the exploit share,
+    the router splits the exploration share over all of them by their yield."""
     relaxer: Literal["chgnet", "fake"] = "chgnet"
     """``fake`` swaps CHGNet for table-driven energies: for fast tests of the graph only."""
     progress: ProgressCallback | None = field(default=None, compare=False)
@@ -77,7 +78,8 @@ class Context:
         values = {k: v for k, v in data.items() if k in known}
         values["run_dir"] = Path(values["run_dir"])
         values["data_dir"] = Path(values["data_dir"]) if values.get("data_dir") else None
-        values["generators"] = tuple(values.get("generators") or ("pyxtal",))
+        if values.get("generators"):
+            values["generators"] = tuple(values["generators"])
         return cls(**values, progress=progress)
 
     def report(self, stage: str, done: int, total: int) -> None:
