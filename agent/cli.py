@@ -297,7 +297,8 @@ def _eval(args: argparse.Namespace) -> int:
         table.add_column(column)
     for row in result.rows:
         table.add_row(*(_cell(row.get(column)) for column in result.columns))
-    console.print(table)
+    # Piped output has no terminal width; keep wide tables readable in logs.
+    console.print(table, width=None if console.is_terminal else 160)
     for note in result.notes:
         console.print(escape(note))
     for figure in result.figures:

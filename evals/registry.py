@@ -19,7 +19,20 @@ class SuiteRunner(Protocol):
         ...
 
 
-SUITES: dict[str, tuple[str, str]] = {}
+SUITES: dict[str, tuple[str, str]] = {
+    "generators": (
+        "crystalforge.evals.generators",
+        "validity, SMACT, uniqueness, novelty, E_hull <= 0.1 and S.U.N. per generator family",
+    ),
+    "hull-accuracy": (
+        "crystalforge.evals.hull_accuracy",
+        "CHGNet energy above hull vs held-out DFT: MAE and stable/unstable precision, recall, F1",
+    ),
+    "throughput": (
+        "crystalforge.evals.throughput",
+        "batched vs one-by-one CHGNet relaxation: structures/s and energy agreement",
+    ),
+}
 """Suite name -> (module, one-line description). Every module exposes ``run(options)``."""
 
 

@@ -98,7 +98,11 @@ def _substitutes(target: str, states: tuple[int, ...], top: int) -> tuple[tuple[
             parent_state = parent.oxi_state or 0
             if parent_state * state <= 0:
                 continue
-            p = float(table.cond_prob(parent, ion))
+            try:
+                p = float(table.cond_prob(parent, ion))
+            except ZeroDivisionError:
+                # pymatgen's table has no occurrences of this ion (P(ion) = 0): no evidence.
+                continue
             symbol = parent.symbol
             if p > best.get(symbol, 0.0):
                 best[symbol] = p
