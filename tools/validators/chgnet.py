@@ -233,6 +233,11 @@ class CHGNetRelaxer:
     :attr:`Verdict.structure`. A relaxation that does not converge within ``max_steps`` still
     passes (``converged`` is False); a CHGNet error, a non-finite energy, isolated atoms or a
     volume change beyond a factor of :data:`MAX_VOLUME_RATIO` fails.
+
+    By default all candidates are relaxed together by the batched engine
+    (:mod:`crystalforge.tools.validators.batch_relax`); ``relax_seconds`` is then each
+    structure's share of the batch's wall time. ``engine="ase"`` keeps the one-by-one
+    ``StructOptimizer`` path.
     """
 
     name: str = "chgnet_relax"
@@ -247,6 +252,12 @@ class CHGNetRelaxer:
     """Tells :class:`~crystalforge.tools.validators.pipeline.ValidationPipeline` to chunk."""
     progress: Callable[[int, int], None] | None = None
     """Called as ``progress(done, total)`` after each structure."""
+    engine: Literal["batched", "ase"] = "batched"
+    """``"batched"``: :class:`~crystalforge.tools.validators.batch_relax.BatchRelaxer` (FIRE and
+    the Fréchet cell filter, many structures per CHGNet call; ``optimizer`` is ignored).
+    ``"ase"``: CHGNet's ``StructOptimizer``, one structure at a time with ``optimizer``."""
+    max_atoms_per_batch: int | None = None
+    """Atoms per batched CHGNet call (``engine="batched"``); ``None`` picks by device."""
 
     def validate(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         """Relax each candidate.
@@ -262,6 +273,8 @@ class CHGNetRelaxer:
         """
         if candidates:
             load_chgnet(self.device)  # fail before the loop when the extra is missing
+        if self.engine == "batched":
+            return self._validate_batched(candidates)
         verdicts = []
         total = len(candidates)
         for done, candidate in enumerate(candidates, start=1):
@@ -270,22 +283,78 @@ class CHGNetRelaxer:
                 self.progress(done, total)
         return verdicts
 
-    def _relax_one(self, candidate: Candidate) -> Verdict:
-        structure = candidate.structure
+    def _validate_batched(self, candidates: Sequence[Candidate]) -> list[Verdict]:
+        from crystalforge.tools.validators.batch_relax import BatchRelaxer
+
+        total = len(candidates)
+        verdicts: list[Verdict | None] = [None] * total
+        todo: list[int] = []
+        for i, candidate in enumerate(candidates):
+            reason = self._precheck(candidate.structure)
+            if reason is None:
+                todo.append(i)
+            else:
+                verdicts[i] = self._fail(candidate, reason)
+        done_before = total - len(todo)
+        if self.progress is not None:
+            for done in range(1, done_before + 1):
+                self.progress(done, total)
+        progress = self.progress
+
+        def report(done: int, _: int) -> None:
+            if progress is not None:
+                progress(done_before + done, total)
+
+        relaxer = BatchRelaxer(
+            fmax_ev_per_a=self.fmax_ev_per_a,
+            max_steps=self.max_steps,
+            device=self.device,
+            max_atoms_per_batch=self.max_atoms_per_batch,
+            relax_cell=self.relax_cell,
+        )
+        results = relaxer.relax([candidates[i].structure for i in todo], progress=report)
+        for i, result in zip(todo, results, strict=True):
+            candidate = candidates[i]
+            if result.error is not None or result.structure is None:
+                logger.info("CHGNet failed on %s: %s", candidate.id, result.error)
+                verdicts[i] = self._fail(candidate, str(result.error))
+                continue
+            verdicts[i] = self._judge(
+                candidate,
+                RelaxResult(
+                    structure=result.structure,
+                    energy_total_ev=result.energy_total_ev,
+                    energy_per_atom=result.energy_per_atom,
+                    converged=result.converged,
+                    steps=result.steps,
+                    max_force_ev_per_a=result.max_force_ev_per_a,
+                    magmom_mean=result.magmom_mean,
+                    volume_change=result.volume_change,
+                    seconds=result.seconds,
+                ),
+            )
+        return [v for v in verdicts if v is not None]
+
+    def _precheck(self, structure: Structure) -> str | None:
+        """Why CHGNet cannot relax ``structure``, or ``None``."""
         if len(structure) == 0:
-            return self._fail(candidate, "structure has no sites")
+            return "structure has no sites"
         if not structure.is_ordered:
-            return self._fail(candidate, "disordered structure: CHGNet needs one species per site")
+            return "disordered structure: CHGNet needs one species per site"
         if not (
             np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()
         ):
-            return self._fail(candidate, "non-finite lattice or coordinates")
+            return "non-finite lattice or coordinates"
         isolated = _isolated_atoms(structure)
         if isolated:
-            return self._fail(
-                candidate,
-                f"{isolated} isolated atom(s) with no neighbour within {ATOM_GRAPH_CUTOFF_A:g} Å",
-            )
+            return f"{isolated} isolated atom(s) with no neighbour within {ATOM_GRAPH_CUTOFF_A:g} Å"
+        return None
+
+    def _relax_one(self, candidate: Candidate) -> Verdict:
+        structure = candidate.structure
+        reason = self._precheck(structure)
+        if reason is not None:
+            return self._fail(candidate, reason)
         try:
             result = relax_structure(
                 structure,
@@ -298,6 +367,10 @@ class CHGNetRelaxer:
         except CHGNET_ERRORS as exc:
             logger.info("CHGNet failed on %s: %s", candidate.id, exc)
             return self._fail(candidate, f"CHGNet failed: {type(exc).__name__}: {exc}")
+        return self._judge(candidate, result)
+
+    def _judge(self, candidate: Candidate, result: RelaxResult) -> Verdict:
+        structure = candidate.structure
         logger.debug(
             "relaxed %s (%s, %d atoms) in %.2f s, %d steps",
             candidate.id,
