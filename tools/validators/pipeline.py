@@ -25,6 +25,7 @@ from crystalforge.tools.validators.composition import SmactValidator
 from crystalforge.tools.validators.hull import HullValidator
 from crystalforge.tools.validators.sanity import SanityValidator
 from crystalforge.tools.validators.symmetry import SymmetryValidator
+from crystalforge.tools.validators.uncertainty import ModelDisagreementValidator
 from crystalforge.tools.validators.uniqueness import NoveltyValidator, UniquenessValidator
 
 if TYPE_CHECKING:
@@ -237,12 +238,14 @@ def default_pipeline(
     relaxer: Validator | None = None,
     chunk_size: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    uncertainty: bool = True,
 ) -> ValidationPipeline:
     """The standard pipeline.
 
     sanity -> smact -> symmetry -> unique -> chgnet_relax -> relaxed_symmetry -> hull
-    (-> novelty). ``relaxed_symmetry`` records ``relaxed_space_group_number`` and
-    ``relaxed_space_group_symbol`` of the relaxed structure and never fails.
+    (-> uncertainty) (-> novelty). ``relaxed_symmetry`` records ``relaxed_space_group_number``
+    and ``relaxed_space_group_symbol`` of the relaxed structure and never fails; neither does
+    ``uncertainty`` (the E_hull of a second CHGNet version and whether the verdict flips).
 
     Args:
         reference: Reference hull for ``hull`` and ``novelty``.
@@ -257,6 +260,11 @@ def default_pipeline(
         relaxer: Replacement for the CHGNet stage (e.g. ``FakeEnergyValidator`` in tests).
         chunk_size: Candidates per chunk of the expensive stages.
         progress: ``progress(done, total)`` as candidate results become final.
+        uncertainty: Add the (never failing) model-disagreement stage: a static CHGNet 0.2.0
+            energy of each relaxed structure on the same hull. Its threshold is
+            ``max_e_above_hull_ev`` when set, else 0.1 eV/atom. Only with the CHGNet relaxer
+            (``relaxer=None``): a replacement relaxer's energies are not CHGNet's, so comparing
+            them with CHGNet 0.2.0 would measure nothing.
 
     Returns:
         The pipeline.
@@ -272,6 +280,14 @@ def default_pipeline(
         SymmetryValidator(name="relaxed_symmetry", metric_prefix="relaxed_"),
         HullValidator(reference=reference, max_e_above_hull_ev=max_e_above_hull_ev),
     ]
+    if uncertainty and relaxer is None:
+        stages.append(
+            ModelDisagreementValidator(
+                reference=reference,
+                device=device,
+                threshold_ev=0.1 if max_e_above_hull_ev is None else max_e_above_hull_ev,
+            )
+        )
     if novelty:
         stages.append(NoveltyValidator(reference=reference))
     return ValidationPipeline(stages=stages, chunk_size=chunk_size, progress=progress)

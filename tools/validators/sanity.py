@@ -2,9 +2,9 @@
 
 Rejects structures no later stage can handle: no sites, unknown (dummy) species, partial
 occupancies, non-finite numbers, degenerate lattices, too many atoms, implausible volume per
-atom and overlapping atoms. Later validators call :func:`malformed_reason` themselves before
-handing a structure to spglib or CHGNet, because spglib crashes the process (segmentation
-fault) on NaN coordinates.
+atom, vacuum layers (slabs) and overlapping atoms. Later validators call
+:func:`malformed_reason` themselves before handing a structure to spglib or CHGNet, because
+spglib crashes the process (segmentation fault) on NaN coordinates.
 """
 
 from __future__ import annotations
@@ -59,6 +59,31 @@ def shortest_lattice_vector(structure: Structure) -> float:
     return min(lengths)
 
 
+def vacuum_gap(structure: Structure) -> tuple[float, str]:
+    """Widest empty layer of the cell, atom centre to atom centre, Å, and the lattice vector.
+
+    For each lattice vector, the atoms are projected onto the normal of the planes spanned by
+    the two other vectors (the fractional coordinate along it times the interplanar spacing);
+    the largest gap between consecutive projections, periodic wrap included, is the thickness
+    of a slab of space no atom occupies. Large in slabs and isolated layers, a few Å in bulk
+    crystals (van der Waals gaps of layered bulk crystals are ~3 Å).
+
+    Returns:
+        The gap in Å and the lattice vector it lies along (``"a"``, ``"b"`` or ``"c"``).
+    """
+    reciprocal = np.asarray(structure.lattice.reciprocal_lattice_crystallographic.matrix)
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    best, axis = 0.0, "a"
+    for index, name in enumerate("abc"):
+        spacing = 1.0 / float(np.linalg.norm(reciprocal[index]))
+        coords = np.sort(np.mod(frac[:, index], 1.0))
+        gaps = np.diff(np.concatenate([coords, coords[:1] + 1.0]))
+        gap = float(gaps.max()) * spacing
+        if gap > best:
+            best, axis = gap, name
+    return best, axis
+
+
 def min_interatomic_distance(structure: Structure) -> tuple[float, str]:
     """Shortest periodic distance between any two atoms (or an atom and its image).
 
@@ -86,7 +111,7 @@ class SanityValidator:
     92 Å^3/atom; diamond is 5.7), and no real crystal has atoms closer than ~0.7 Å (H-H).
 
     Verdict metrics (of the structure as generated): ``n_atoms``, ``volume_per_atom_a3``
-    (Å^3/atom) and ``min_distance_a`` (Å).
+    (Å^3/atom), ``min_distance_a`` (Å) and ``vacuum_gap_a`` (Å).
     """
 
     name: str = "sanity"
@@ -98,6 +123,14 @@ class SanityValidator:
     """Largest allowed cell volume per atom, Å^3/atom."""
     max_atoms: int = 200
     """Largest allowed number of sites per cell."""
+    max_vacuum_a: float | None = 10.0
+    """Widest allowed empty layer (see :func:`vacuum_gap`), Å; ``None`` disables the check.
+
+    Beyond CHGNet's 6 Å graph cutoff nothing interacts across the gap, so the cell is a slab or
+    an isolated layer, not a bulk crystal. Measured on 4,500 random ``mp_20_biternary`` and
+    ``mpts_52`` structures: median 1.5 Å, 99th percentile 3.5 Å; the 0.2% above 10 Å are 2D
+    monolayers (MoS2-type, SnS; up to 19.8 Å), which this check rejects on purpose.
+    """
 
     def validate(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         """Check each candidate's structure.
@@ -155,4 +188,12 @@ class SanityValidator:
         metrics["min_distance_a"] = distance
         if distance < self.min_distance_a:
             return f"min distance {distance:.2f} Å < {self.min_distance_a:g} Å ({pair})"
+        if self.max_vacuum_a is not None:
+            gap, axis = vacuum_gap(structure)
+            metrics["vacuum_gap_a"] = gap
+            if gap > self.max_vacuum_a:
+                return (
+                    f"vacuum layer of {gap:.1f} Å along {axis} > {self.max_vacuum_a:g} Å "
+                    "(a slab or isolated layer, not a bulk crystal)"
+                )
         return None
