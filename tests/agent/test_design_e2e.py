@@ -72,7 +72,7 @@ def test_killed_run_resumes_without_losing_validated_candidates(data_dir: Path, 
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results_dir = out / "results"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 480
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if any('"chgnet_relax"' in p.read_text() for p in results_dir.glob("c-*.json")):
