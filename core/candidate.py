@@ -119,6 +119,35 @@ class Verdict:
     structure: Structure | None = None
     """A changed structure (e.g. relaxed); ``None`` when the validator did not change it."""
 
+    @classmethod
+    def failed(
+        cls,
+        candidate_id: str,
+        validator: str,
+        reason: str,
+        metrics: Mapping[str, Scalar] | None = None,
+    ) -> Verdict:
+        """A failed verdict with its reason (and whatever metrics were computed before it failed).
+
+        Args:
+            candidate_id: The candidate judged.
+            validator: Name of the stage.
+            reason: Why it failed, for people and the planner; must not be empty.
+            metrics: Numbers computed before the failure.
+
+        Raises:
+            ValueError: ``reason`` is empty.
+        """
+        if not reason:
+            raise ValueError(f"a failed verdict needs a reason (candidate {candidate_id!r})")
+        return cls(
+            candidate_id=candidate_id,
+            validator=validator,
+            passed=False,
+            reason=reason,
+            metrics=dict(metrics or {}),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the structure)."""
         return {

@@ -294,7 +294,7 @@ class CHGNetRelaxer:
             if reason is None:
                 todo.append(i)
             else:
-                verdicts[i] = self._fail(candidate, reason)
+                verdicts[i] = Verdict.failed(candidate.id, self.name, reason)
         done_before = total - len(todo)
         if self.progress is not None:
             for done in range(1, done_before + 1):
@@ -317,7 +317,7 @@ class CHGNetRelaxer:
             candidate = candidates[i]
             if result.error is not None or result.structure is None:
                 logger.info("CHGNet failed on %s: %s", candidate.id, result.error)
-                verdicts[i] = self._fail(candidate, str(result.error))
+                verdicts[i] = Verdict.failed(candidate.id, self.name, str(result.error))
                 continue
             verdicts[i] = self._judge(
                 candidate,
@@ -354,7 +354,7 @@ class CHGNetRelaxer:
         structure = candidate.structure
         reason = self._precheck(structure)
         if reason is not None:
-            return self._fail(candidate, reason)
+            return Verdict.failed(candidate.id, self.name, reason)
         try:
             result = relax_structure(
                 structure,
@@ -366,7 +366,9 @@ class CHGNetRelaxer:
             )
         except CHGNET_ERRORS as exc:
             logger.info("CHGNet failed on %s: %s", candidate.id, exc)
-            return self._fail(candidate, f"CHGNet failed: {type(exc).__name__}: {exc}")
+            return Verdict.failed(
+                candidate.id, self.name, f"CHGNet failed: {type(exc).__name__}: {exc}"
+            )
         return self._judge(candidate, result)
 
     def _judge(self, candidate: Candidate, result: RelaxResult) -> Verdict:
@@ -390,11 +392,12 @@ class CHGNetRelaxer:
             "relax_seconds": result.seconds,
         }
         if not math.isfinite(result.energy_per_atom):
-            return self._fail(candidate, "CHGNet energy is not finite", metrics)
+            return Verdict.failed(candidate.id, self.name, "CHGNet energy is not finite", metrics)
         ratio = 1.0 + result.volume_change
         if not (1.0 / MAX_VOLUME_RATIO <= ratio <= MAX_VOLUME_RATIO):
-            return self._fail(
-                candidate,
+            return Verdict.failed(
+                candidate.id,
+                self.name,
                 f"volume changed by a factor {ratio:.2f} during relaxation "
                 f"(limit {MAX_VOLUME_RATIO:g}x)",
                 metrics,
@@ -405,15 +408,4 @@ class CHGNetRelaxer:
             passed=True,
             metrics=metrics,
             structure=result.structure,
-        )
-
-    def _fail(
-        self, candidate: Candidate, reason: str, metrics: dict[str, Any] | None = None
-    ) -> Verdict:
-        return Verdict(
-            candidate_id=candidate.id,
-            validator=self.name,
-            passed=False,
-            reason=reason,
-            metrics=metrics or {},
         )

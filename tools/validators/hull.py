@@ -93,17 +93,6 @@ class HullValidator:
             return diagram
         return PhaseDiagram(kept, elements=diagram.elements)
 
-    def _fail(
-        self, candidate: Candidate, reason: str, metrics: dict[str, Any] | None = None
-    ) -> Verdict:
-        return Verdict(
-            candidate_id=candidate.id,
-            validator=self.name,
-            passed=False,
-            reason=reason,
-            metrics=metrics or {},
-        )
-
     def _place(self, candidate: Candidate, potentials: dict[str, float]) -> Verdict:
         energy = candidate.properties.get("energy_per_atom")
         if (
@@ -111,15 +100,18 @@ class HullValidator:
             or isinstance(energy, bool)
             or not math.isfinite(energy)
         ):
-            return self._fail(candidate, "no energy: energy_per_atom missing (run a relaxer first)")
+            return Verdict.failed(
+                candidate.id, self.name, "no energy: energy_per_atom missing (run a relaxer first)"
+            )
         composition = candidate.structure.composition.element_composition  # no oxidation states
         if len(composition) == 0:
-            return self._fail(candidate, "structure has no sites")
+            return Verdict.failed(candidate.id, self.name, "structure has no sites")
         symbols = [getattr(el, "symbol", str(el)) for el in composition.elements]
         missing = [s for s in symbols if s not in potentials]
         if missing:
-            return self._fail(
-                candidate,
+            return Verdict.failed(
+                candidate.id,
+                self.name,
                 f"no reference energy for {', '.join(missing)} in {self.reference.name}",
             )
         formation = float(energy) - sum(
@@ -132,7 +124,7 @@ class HullValidator:
                 PDEntry(composition, formation * composition.num_atoms), allow_negative=True
             )
         except ValueError as exc:
-            return self._fail(candidate, f"hull analysis failed: {exc}")
+            return Verdict.failed(candidate.id, self.name, f"hull analysis failed: {exc}")
         e_hull = float(e_hull) if e_hull is not None else math.nan
         metrics: dict[str, Any] = {
             "formation_energy": formation,
@@ -142,8 +134,9 @@ class HullValidator:
         }
         limit = self.max_e_above_hull_ev
         if limit is not None and not e_hull <= limit:
-            return self._fail(
-                candidate,
+            return Verdict.failed(
+                candidate.id,
+                self.name,
                 f"e_above_hull {e_hull:.3f} eV/atom > {limit:g} eV/atom ({self.reference.name})",
                 metrics,
             )

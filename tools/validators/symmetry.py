@@ -50,7 +50,7 @@ class SymmetryValidator:
         # spglib dies with a segmentation fault on NaN coordinates: check before calling it.
         reason = malformed_reason(candidate.structure)
         if reason is not None:
-            return self._fail(candidate, reason)
+            return Verdict.failed(candidate.id, self.name, reason)
         try:
             analyzer = SpacegroupAnalyzer(
                 candidate.structure, symprec=self.symprec, angle_tolerance=self.angle_tolerance
@@ -58,8 +58,10 @@ class SymmetryValidator:
             number = int(analyzer.get_space_group_number())
             symbol = str(analyzer.get_space_group_symbol())
         except ValueError as exc:  # includes pymatgen's SymmetryUndeterminedError
-            return self._fail(
-                candidate, f"symmetry could not be determined (symprec {self.symprec:g} Å): {exc}"
+            return Verdict.failed(
+                candidate.id,
+                self.name,
+                f"symmetry could not be determined (symprec {self.symprec:g} Å): {exc}",
             )
         metrics = {
             f"{self.metric_prefix}space_group_number": number,
@@ -67,20 +69,10 @@ class SymmetryValidator:
         }
         if self.allowed_space_groups and number not in self.allowed_space_groups:
             allowed = ", ".join(map(str, self.allowed_space_groups))
-            return self._fail(
-                candidate,
+            return Verdict.failed(
+                candidate.id,
+                self.name,
                 f"space group {symbol} ({number}) is not among the allowed {allowed}",
                 metrics,
             )
         return Verdict(candidate_id=candidate.id, validator=self.name, passed=True, metrics=metrics)
-
-    def _fail(
-        self, candidate: Candidate, reason: str, metrics: dict[str, int | str] | None = None
-    ) -> Verdict:
-        return Verdict(
-            candidate_id=candidate.id,
-            validator=self.name,
-            passed=False,
-            reason=reason,
-            metrics=metrics or {},
-        )
