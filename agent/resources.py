@@ -24,9 +24,15 @@ def _elemental_only(device: Device) -> ElementalOnlyReference:
 
 
 def reference_for(context: Context) -> ReferenceHull:
-    """The reference hull of a run: its data folder's, or elemental references only."""
+    """The reference hull of a run.
+
+    Its data folder's; else the Materials Project (``MP_API_KEY`` set, ``mp`` extra
+    installed); else elemental references only.
+    """
     if context.data_dir is None:
-        return _elemental_only(context.device)
+        from crystalforge.memory.mp import mp_reference_or_none
+
+        return mp_reference_or_none() or _elemental_only(context.device)
     return load_reference(context.data_dir)
 
 

@@ -34,6 +34,20 @@ class Settings(BaseSettings):
             "When unset, ../shared/data beside the working directory or the package is tried."
         ),
     )
+    memory_dir: Path | None = Field(
+        default=None,
+        description=(
+            "The chromadb memory store (references, candidates, campaigns, reviews). "
+            "Unset: $XDG_DATA_HOME/crystalforge/memory or ~/.local/share/crystalforge/memory."
+        ),
+    )
+    memory_enabled: bool = Field(
+        default=True,
+        description=(
+            "Use the memory store in design runs (recall earlier campaigns, record this one); "
+            "it is skipped with a note when the `memory` extra is not installed."
+        ),
+    )
     runs_dir: Path = Field(
         default=Path("runs"), description="Where `crystalforge design` writes run folders."
     )

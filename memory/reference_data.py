@@ -790,11 +790,21 @@ def load_reference(data_dir: Path | str | None = None) -> ReferenceHull:
         data_dir: Explicit data folder; ``None`` searches the usual places.
 
     Returns:
-        :class:`ReferenceData`, or :class:`ElementalOnlyReference` when no folder is found.
+        :class:`ReferenceData`; with no explicit or configured folder and ``MP_API_KEY`` set,
+        the Materials Project (:class:`~crystalforge.memory.mp.MPReference`); else
+        :class:`ElementalOnlyReference` when no folder is found.
 
     Raises:
         DataError: an explicit or configured folder does not exist.
     """
+    if data_dir is None and Settings().data_dir is None:
+        # Design order: explicit folder > CRYSTALFORGE_DATA_DIR > Materials Project (MP_API_KEY
+        # set, `mp` extra installed) > the offline folder found beside the repository.
+        from crystalforge.memory.mp import mp_reference_or_none
+
+        mp_reference = mp_reference_or_none()
+        if mp_reference is not None:
+            return mp_reference
     root = resolve_data_dir(data_dir)
     with _LOADED_LOCK:
         reference = _LOADED.get(root)

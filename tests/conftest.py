@@ -41,6 +41,14 @@ def _no_secrets_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _memory_in_tmp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Design runs in tests read and write a memory store of their own, never the user's.
+    monkeypatch.setenv("CRYSTALFORGE_MEMORY_DIR", str(tmp_path_factory.mktemp("memory")))
+
+
+@pytest.fixture(autouse=True)
 def _block_llm_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     # Real model calls fail loudly in tests; the local-server tests opt back in with
     # the allow_llm_requests fixture.
