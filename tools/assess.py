@@ -13,9 +13,23 @@ if TYPE_CHECKING:
 PREDICTED_BY = {
     "e_above_hull": "hull",
     "formation_energy": "hull",
-    "magnetic_moment": "chgnet_relax",
+    "band_gap": "properties",
+    "bulk_modulus": "properties",
+    "magnetic_moment": "properties",
+    "density": "properties",
 }
-"""Properties a validator computes, and which. density and volume_per_atom come from the cell."""
+"""Properties a validator computes, and which. density and volume_per_atom also come from the
+cell itself; magnetic_moment falls back to ``chgnet_relax``'s ``magmom_mean``."""
+
+_METRIC_FOR = (
+    ("e_above_hull", "e_above_hull"),
+    ("formation_energy", "formation_energy"),
+    ("band_gap", "band_gap"),
+    ("bulk_modulus", "bulk_modulus"),
+    ("magmom_mean", "magnetic_moment"),
+    ("magnetic_moment", "magnetic_moment"),
+)
+"""(candidate property key, spec property name); a later key overrides an earlier one."""
 
 _UNEVALUABLE_SCALE = 1.0
 """Score penalty per target that cannot be evaluated (ranks them after evaluated ones)."""
@@ -43,11 +57,7 @@ def property_values(candidate: Candidate) -> dict[str, float]:
         "volume_per_atom": float(structure.volume / len(structure)),
     }
     props = candidate.properties
-    for key, name in (
-        ("e_above_hull", "e_above_hull"),
-        ("formation_energy", "formation_energy"),
-        ("magmom_mean", "magnetic_moment"),
-    ):
+    for key, name in _METRIC_FOR:
         value = props.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             values[name] = float(value)

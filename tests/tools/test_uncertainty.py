@@ -104,7 +104,7 @@ def test_flips_and_disagreement_with_a_fake_second_model() -> None:
 
 def test_default_pipeline_places_uncertainty_after_hull() -> None:
     names = [s.name for s in default_pipeline(NaClReference()).stages]
-    assert names[names.index("hull") + 1 :] == ["uncertainty", "novelty"]
+    assert names[names.index("hull") + 1 :] == ["properties", "uncertainty", "novelty"]
     assert "uncertainty" not in [
         s.name for s in default_pipeline(NaClReference(), uncertainty=False).stages
     ]

@@ -494,6 +494,7 @@ def test_default_pipeline_end_to_end_with_fake_relaxer(tiny_reference) -> None:
         "chgnet_relax",
         "relaxed_symmetry",
         "hull",
+        "properties",
         "novelty",
     ]
     results = pipeline.run(batch())
@@ -505,4 +506,8 @@ def test_default_pipeline_end_to_end_with_fake_relaxer(tiny_reference) -> None:
     assert props["e_above_hull"] == pytest.approx(0.03)
     assert props["novel"] is False
     assert props["matches_reference"] == "mp-22862"
+    # With a replacement relaxer the property stage gives band gap and density, not CHGNet's EOS.
+    assert float(props["band_gap"] or 0.0) > 1.0  # rocksalt NaCl is an insulator
+    assert props["density"] == pytest.approx(results[0].candidate.structure.density)
+    assert "bulk_modulus" not in props
     assert progress[-1] == (6, 6)

@@ -23,6 +23,7 @@ from crystalforge.core.errors import ValidationFailed
 from crystalforge.tools.validators.chgnet import CHGNetRelaxer, DeviceChoice
 from crystalforge.tools.validators.composition import SmactValidator
 from crystalforge.tools.validators.hull import HullValidator
+from crystalforge.tools.validators.properties import PropertyValidator
 from crystalforge.tools.validators.sanity import SanityValidator
 from crystalforge.tools.validators.symmetry import SymmetryValidator
 from crystalforge.tools.validators.uncertainty import ModelDisagreementValidator
@@ -239,13 +240,16 @@ def default_pipeline(
     chunk_size: int = 2,
     progress: Callable[[int, int], None] | None = None,
     uncertainty: bool = True,
+    properties: bool = True,
 ) -> ValidationPipeline:
     """The standard pipeline.
 
     sanity -> smact -> symmetry -> unique -> chgnet_relax -> relaxed_symmetry -> hull
-    (-> uncertainty) (-> novelty). ``relaxed_symmetry`` records ``relaxed_space_group_number``
-    and ``relaxed_space_group_symbol`` of the relaxed structure and never fails; neither does
-    ``uncertainty`` (the E_hull of a second CHGNet version and whether the verdict flips).
+    (-> properties) (-> uncertainty) (-> novelty). ``relaxed_symmetry`` records
+    ``relaxed_space_group_number`` and ``relaxed_space_group_symbol`` of the relaxed structure
+    and never fails; neither do ``properties`` (band gap, bulk modulus, magnetic moment,
+    density; :mod:`~crystalforge.tools.validators.properties`) and ``uncertainty`` (the E_hull
+    of a second CHGNet version and whether the verdict flips).
 
     Args:
         reference: Reference hull for ``hull`` and ``novelty``.
@@ -265,6 +269,9 @@ def default_pipeline(
             ``max_e_above_hull_ev`` when set, else 0.1 eV/atom. Only with the CHGNet relaxer
             (``relaxer=None``): a replacement relaxer's energies are not CHGNet's, so comparing
             them with CHGNet 0.2.0 would measure nothing.
+        properties: Add the (never failing) property stage. Its CHGNet part (bulk modulus from
+            an equation of state, magnetic moments) runs only with the CHGNet relaxer; with a
+            replacement relaxer it computes the band gap and density only.
 
     Returns:
         The pipeline.
@@ -280,6 +287,8 @@ def default_pipeline(
         SymmetryValidator(name="relaxed_symmetry", metric_prefix="relaxed_"),
         HullValidator(reference=reference, max_e_above_hull_ev=max_e_above_hull_ev),
     ]
+    if properties:
+        stages.append(PropertyValidator(device=device, eos=relaxer is None))
     if uncertainty and relaxer is None:
         stages.append(
             ModelDisagreementValidator(
