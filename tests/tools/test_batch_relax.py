@@ -15,8 +15,17 @@ pytest.importorskip("chgnet", reason="CHGNet relaxation needs the 'chgnet' extra
 
 import torch
 
-from crystalforge.tools.validators.batch_relax import BatchRelaxer, BatchRelaxResult
-from crystalforge.tools.validators.chgnet import load_chgnet, relax_structure
+from crystalforge.tools.validators.batch_relax import (
+    BYTES_PER_ATOM,
+    CPU_MAX_ATOMS,
+    GPU_MAX_ATOMS,
+    GPU_MEMORY_FRACTION,
+    GPU_MIN_ATOMS,
+    BatchRelaxer,
+    BatchRelaxResult,
+    default_max_atoms,
+)
+from crystalforge.tools.validators.chgnet import load_chgnet, relax_structure, resolve_device
 
 pytestmark = pytest.mark.chgnet
 
@@ -145,6 +154,38 @@ def test_cuda_matches_cpu(cells, batched) -> None:
     for gpu, cpu in zip(on_gpu, batched, strict=True):
         assert gpu.error is None
         assert gpu.energy_per_atom == pytest.approx(cpu.energy_per_atom, abs=2e-3)
+
+
+def test_auto_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_gpu_batch_budget_comes_from_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_max_atoms("cpu") == CPU_MAX_ATOMS
+    free = 16 * 2**30  # a 16 GiB card, idle
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, free))
+    expected = int(free * GPU_MEMORY_FRACTION / BYTES_PER_ATOM)
+    assert default_max_atoms("cuda") == expected
+    assert 4000 < expected < 5000
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**8, free))
+    assert default_max_atoms("cuda:0") == GPU_MIN_ATOMS  # nearly full card: still runs
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**13, 10**13))
+    assert default_max_atoms("cuda") == GPU_MAX_ATOMS
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_runs_on_cuda_with_a_memory_sized_batch(cells) -> None:
+    assert resolve_device("auto") == "cuda"
+    model = load_chgnet("auto")
+    assert next(model.parameters()).device.type == "cuda"
+    assert default_max_atoms("cuda") >= GPU_MIN_ATOMS
+    results = BatchRelaxer(device="auto").relax(cells)
+    assert all(r.error is None for r in results)
 
 
 @pytest.mark.slow

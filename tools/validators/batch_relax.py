@@ -32,8 +32,10 @@ Failures are per structure: a structure that cannot be relaxed (no sites, disord
 coordinates, an element CHGNet does not cover, overlapping or isolated atoms, non-finite model
 output, an exploding cell) gets an ``error`` and the rest of the batch goes on.
 
-Devices: ``"auto"`` picks CUDA when available. The same code path runs on either; on a GPU
-use a large ``max_atoms_per_batch`` (thousands of atoms) so that one forward pass fills it.
+Devices: ``"auto"`` picks CUDA when available. The same code path runs on either; on a GPU the
+default batch is sized from the free device memory (:func:`default_max_atoms`, thousands of
+atoms) so that one forward pass fills it. Neighbour-list rebuilds run on the CPU (pymatgen) on
+both; with the Verlet skin they happen every ~10-30 steps per structure.
 """
 
 from __future__ import annotations
@@ -75,6 +77,47 @@ MAX_CELL_SCALE = 10.0
 
 GPA_PER_EV_A3 = 160.21766208
 """1 eV/Å³ in GPa."""
+
+CPU_MAX_ATOMS = 400
+"""Atoms per forward pass on CPU: a CHGNet call costs about the same per atom looped or batched
+there, so bigger batches only add latency before the first result."""
+
+BYTES_PER_ATOM = 2.2e6
+"""Peak memory of one batched energy+forces+stress call per atom, bytes. Measured on CPU
+(float32, 5-16-atom MP-20 cells, 500 and 2,000 atoms per call: 2.10 and 2.03 MB/atom of peak
+RSS growth, ``docs/benchmarks.md``) plus 10% margin; the CUDA allocator holds the same tensors,
+but this was not measured on a GPU."""
+
+GPU_MEMORY_FRACTION = 0.6
+"""Share of the free device memory one batch may use (the rest: allocator fragmentation, the
+neighbour-list rebuilds, other processes)."""
+
+GPU_MIN_ATOMS = 500
+GPU_MAX_ATOMS = 50_000
+
+
+def default_max_atoms(device: str) -> int:
+    """Atoms per batched CHGNet call for ``device`` when the caller does not set it.
+
+    CPU: :data:`CPU_MAX_ATOMS`. CUDA: the free device memory (``torch.cuda.mem_get_info``) times
+    :data:`GPU_MEMORY_FRACTION` over :data:`BYTES_PER_ATOM`, clamped to
+    [:data:`GPU_MIN_ATOMS`, :data:`GPU_MAX_ATOMS`]; e.g. ~4,400 atoms with 16 GB free, ~22,000
+    with 80 GB.
+
+    Args:
+        device: A resolved torch device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Returns:
+        The atom budget of one forward pass.
+    """
+    if not device.startswith("cuda"):
+        return CPU_MAX_ATOMS
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    budget = int(free * GPU_MEMORY_FRACTION / BYTES_PER_ATOM)
+    return max(GPU_MIN_ATOMS, min(GPU_MAX_ATOMS, budget))
+
 
 # ASE FIRE defaults (ase.optimize.FIRE), which CHGNet's StructOptimizer uses.
 _FIRE_DT = 0.1
@@ -171,8 +214,8 @@ class BatchRelaxer:
     device: DeviceChoice = "auto"
     """Torch device: ``"auto"`` is CUDA when available, else CPU."""
     max_atoms_per_batch: int | None = None
-    """Atoms per forward pass; ``None`` is 400 on CPU and 8,000 on CUDA. A structure larger than
-    this still runs, alone."""
+    """Atoms per forward pass; ``None``: :func:`default_max_atoms` (400 on CPU, from the free
+    device memory on CUDA). A structure larger than this still runs, alone."""
     relax_cell: bool = True
     """Relax the lattice too (Fréchet cell filter); otherwise positions only."""
     skin_a: float = 1.0
@@ -233,7 +276,7 @@ class _Engine:
         self.device = torch.device(device)
         self.progress = progress
         self.fmax = config.fmax_ev_per_a
-        self.max_atoms = config.max_atoms_per_batch or (8000 if device == "cuda" else 400)
+        self.max_atoms = config.max_atoms_per_batch or default_max_atoms(device)
         self.skin = max(float(config.skin_a), 0.0)
         self.n_elements = int(model.atom_embedding.embedding.num_embeddings)
         self.results: dict[int, BatchRelaxResult] = {}
