@@ -89,6 +89,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="Torch device."
     )
     evaluate.add_argument("--data-dir", type=Path, help="Reference data folder.")
+    evaluate.add_argument(
+        "--families", help="Comma-separated generator names (eval generators; default: all)."
+    )
+    evaluate.add_argument(
+        "--per-family", type=int, help="Structures per family and system (eval generators)."
+    )
+    evaluate.add_argument("--systems", type=int, help="Chemical systems drawn (eval generators).")
     return parser
 
 
@@ -290,6 +297,9 @@ def _eval(args: argparse.Namespace) -> int:
         data_dir=resolve_data_dir(args.data_dir),
         out_dir=args.json.parent if args.json else Path.cwd(),
         limit=args.limit,
+        families=tuple(f.strip() for f in (args.families or "").split(",") if f.strip()),
+        per_family=args.per_family,
+        systems=args.systems,
     )
     result = runner(options)
     table = Table(title=result.title)

@@ -36,6 +36,12 @@ class SuiteOptions:
     """Where figures go (the folder of ``--json``, else the current folder)."""
     limit: int | None = None
     """Cap on the number of items (structures, rows) a suite processes."""
+    families: tuple[str, ...] = ()
+    """Generator registry names to compare (empty: the suite's default)."""
+    per_family: int | None = None
+    """Structures requested per generator family and chemical system (``None``: the default)."""
+    systems: int | None = None
+    """Number of chemical systems drawn (``None``: the suite's default)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,34 +15,46 @@ validation pipeline. Per family:
 - samples/s: generation only; relax s/structure: CHGNet validation time.
 
 ``pyxtal`` (random symmetric crystals without learned priors) is the baseline in the same run.
+Every share comes with a Wilson 95 % interval (structures as independent trials) and S.U.N.
+relative to the baseline with a bootstrap 95 % interval over systems (structures of one system
+are correlated, so that interval is the honest one for "2x the baseline"). The stage at which
+structures failed the pipeline is counted per family, and a bar chart of the shares is written
+to ``generators-shares.png`` in the output folder.
 """
 
 from __future__ import annotations
 
 import ast
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from crystalforge.core.errors import GenerationFailed, SetupError
+from crystalforge.core.errors import GenerationFailed, MissingExtraError, SetupError
 from crystalforge.evals.base import SuiteOptions, SuiteResult
 from crystalforge.generators.base import GenerationRequest
-from crystalforge.generators.registry import load_generator
+from crystalforge.generators.registry import available_generators, load_generator
 from crystalforge.memory.reference_data import load_reference
 from crystalforge.tools.validators.composition import SmactValidator
 from crystalforge.tools.validators.pipeline import default_pipeline
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from crystalforge.core.candidate import Candidate
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("pyxtal", "wyckoff", "substitution")
-"""Registry names compared; ``pyxtal`` is the no-prior baseline."""
+BASELINE = "pyxtal"
+"""Registry name of the no-prior baseline (plain PyXtal random generation)."""
+EXCLUDED = ("fake",)
+"""Registered generators never compared by default (test doubles)."""
+SHARES = ("valid", "smact", "unique", "novel", "metastable", "sun")
+"""Tally fields reported as shares of all generated structures."""
 
 COLUMNS = (
     "family",
@@ -53,6 +65,8 @@ COLUMNS = (
     "novel %",
     "E_hull<=0.1 %",
     "S.U.N. %",
+    "S.U.N. 95% CI",
+    "S.U.N. / baseline",
     "samples/s",
     "relax s/structure",
 )
@@ -71,9 +85,85 @@ class _Tally:
     relax_s: float = 0.0
     relaxed: int = 0
     failed_requests: int = 0
+    failed_stages: dict[str, int] = field(default_factory=dict)
+    per_system: list[tuple[int, int]] = field(default_factory=list)
+    """(generated, S.U.N.) per system, in system order, for the bootstrap."""
 
 
-def held_out_systems(data_dir: Any, count: int, seed: int) -> list[tuple[str, ...]]:
+def default_families() -> list[str]:
+    """Every registered generator that is installed and not a test double, baseline first."""
+    out = []
+    for name in available_generators():
+        if name in EXCLUDED:
+            continue
+        try:
+            load_generator(name)
+        except MissingExtraError as exc:
+            logger.info("eval generators skips %s: %s", name, exc)
+            continue
+        out.append(name)
+    return sorted(out, key=lambda n: (n != BASELINE, n))
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial share, as fractions in [0, 1].
+
+    Args:
+        successes: Number of successes.
+        trials: Number of trials (0 gives ``(0.0, 1.0)``).
+        z: Normal quantile (1.96: 95 %).
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_ratio(
+    family: list[tuple[int, int]],
+    baseline: list[tuple[int, int]],
+    *,
+    seed: int = 0,
+    draws: int = 2000,
+) -> tuple[float | None, float | None, float | None]:
+    """S.U.N. share of a family over the baseline's, with a 95 % bootstrap interval over systems.
+
+    Args:
+        family: (generated, S.U.N.) per system of the family.
+        baseline: The same for the baseline, same systems in the same order.
+        seed: Bootstrap seed.
+        draws: Bootstrap resamples.
+
+    Returns:
+        (ratio, low, high); ``None`` where the baseline share is 0 (infinite ratio).
+    """
+    f = np.array(family, dtype=float).reshape(-1, 2)
+    b = np.array(baseline, dtype=float).reshape(-1, 2)
+
+    def ratio(rows: np.ndarray) -> float | None:
+        fg, fs = f[rows].sum(axis=0)
+        bg, bs = b[rows].sum(axis=0)
+        if not (fg and bg and bs):
+            return None
+        return float((fs / fg) / (bs / bg))
+
+    n = len(f)
+    if n == 0 or n != len(b):
+        return None, None, None
+    point = ratio(np.arange(n))
+    rng = np.random.default_rng(seed)
+    samples = [ratio(rng.integers(0, n, n)) for _ in range(draws)]
+    finite = [s for s in samples if s is not None]
+    if point is None or len(finite) < draws * 0.9:
+        return point, None, None
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def held_out_systems(data_dir: Path, count: int, seed: int) -> list[tuple[str, ...]]:
     """``count`` ternary chemical systems of held-out MP-20 test rows, drawn with ``seed``."""
     frame = pd.read_csv(data_dir / "mp_20_biternary" / "test.csv.gz", usecols=["elements"])
     systems = sorted({tuple(sorted(ast.literal_eval(e))) for e in frame["elements"]})
@@ -84,19 +174,38 @@ def held_out_systems(data_dir: Any, count: int, seed: int) -> list[tuple[str, ..
 
 
 def run(options: SuiteOptions) -> SuiteResult:
-    """Generate, validate and tabulate (see the module docstring)."""
+    """Generate, validate and tabulate (see the module docstring).
+
+    Raises:
+        SetupError: No reference data, or ``options.families`` names no generator.
+    """
     if options.data_dir is None:
         raise SetupError("eval generators needs the reference data (--data-dir or ../shared/data)")
     n_systems, per_family, max_atoms = (3, 4, 8) if options.quick else (10, 100, 20)
+    if options.systems is not None:
+        n_systems = options.systems
+    if options.per_family is not None:
+        per_family = options.per_family
     if options.limit is not None:
         per_family = min(per_family, options.limit)
+    if n_systems < 1 or per_family < 1:
+        raise SetupError(f"need >= 1 system and structure, got {n_systems} and {per_family}")
+    families = list(dict.fromkeys(options.families)) or default_families()
+    if unknown := [f for f in families if f not in available_generators()]:
+        raise SetupError(f"unknown generator(s) {unknown}; choose from {available_generators()}")
+    if BASELINE not in families:
+        families.insert(0, BASELINE)
     systems = held_out_systems(options.data_dir, n_systems, options.seed)
     reference = load_reference(options.data_dir)
-    pipeline = default_pipeline(reference, device=options.device, max_atoms=max_atoms)
+    # No properties or model-disagreement stages: they cost CHGNet time and S.U.N. ignores them.
+    pipeline = default_pipeline(
+        reference, device=options.device, max_atoms=max_atoms, uncertainty=False, properties=False
+    )
     smact_default = SmactValidator()
-    tallies = {family: _Tally() for family in FAMILIES}
-    for system in systems:
-        for family in FAMILIES:
+    tallies = {family: _Tally() for family in families}
+    generators = {family: load_generator(family) for family in families}
+    for number, system in enumerate(systems, 1):
+        for family in families:
             tally = tallies[family]
             request = GenerationRequest(
                 num_structures=per_family,
@@ -107,14 +216,25 @@ def run(options: SuiteOptions) -> SuiteResult:
             )
             started = time.perf_counter()
             try:
-                candidates = load_generator(family).generate(request)
+                candidates = generators[family].generate(request)
             except GenerationFailed as exc:
                 logger.info("%s could not generate in %s: %s", family, "-".join(system), exc)
                 tally.failed_requests += 1
+                tally.per_system.append((0, 0))
                 continue
             tally.generation_s += time.perf_counter() - started
+            before = (tally.generated, tally.sun)
             _score(tally, candidates, pipeline.run(candidates), smact_default)
-    rows = [_row(family, tallies[family]) for family in FAMILIES]
+            tally.per_system.append((tally.generated - before[0], tally.sun - before[1]))
+            logger.info(
+                "system %d/%d %s, %s: %d generated, %d S.U.N.",
+                number, len(systems), "-".join(system), family, *tally.per_system[-1],
+            )  # fmt: skip
+    baseline = tallies[BASELINE]
+    rows = [_row(family, tallies[family], baseline, options.seed) for family in families]
+    figures = []
+    if options.out_dir is not None:
+        figures.append(str(_plot(tallies, options.out_dir / "generators-shares.png", per_family)))
     return SuiteResult(
         suite="generators",
         title=(
@@ -123,21 +243,41 @@ def run(options: SuiteOptions) -> SuiteResult:
         ),
         columns=COLUMNS,
         rows=rows,
+        figures=figures,
         notes=[
             "systems: " + ", ".join("-".join(s) for s in systems),
             "S.U.N. = metastable (CHGNet E_hull <= 0.1 eV/atom on the reference hull), unique "
             "and novel, as a share of all generated; novelty is against ~26k reference "
-            "structures, smaller than MP, so it is over-estimated.",
+            "structures, smaller than MP, so it is over-estimated. S.U.N. 95% CI: Wilson "
+            "interval; S.U.N. / baseline: bootstrap 95% interval over systems in brackets.",
             "Requests a family could not serve at all count as 0 generated: "
-            + ", ".join(f"{f} {tallies[f].failed_requests}" for f in FAMILIES),
+            + ", ".join(f"{f} {tallies[f].failed_requests}" for f in families),
+            "Pipeline stage that rejected structures: "
+            + "; ".join(
+                f"{f}: "
+                + (", ".join(f"{k} {v}" for k, v in sorted(t.failed_stages.items())) or "none")
+                for f, t in tallies.items()
+            ),
             f"reference hull: {reference.name}",
         ],
         metadata={
             "systems": ["-".join(s) for s in systems],
+            "families": families,
             "per_family": per_family,
             "max_atoms": max_atoms,
             "seed": options.seed,
             "reference_hull": reference.name,
+            "counts": {
+                f: {
+                    **{k: getattr(t, k) for k in ("generated", *SHARES)},
+                    "wilson_95": {k: wilson_interval(getattr(t, k), t.generated) for k in SHARES},
+                    "failed_stages": t.failed_stages,
+                    "per_system_generated_sun": t.per_system,
+                    "failed_requests": t.failed_requests,
+                    "generation_s": round(t.generation_s, 2),
+                }
+                for f, t in tallies.items()
+            },
         },
     )
 
@@ -147,6 +287,10 @@ def _score(tally: _Tally, candidates: list[Candidate], results: list[Any], smact
     smact_ok = {v.candidate_id for v in smact.validate(candidates) if v.passed}
     for result in results:
         tally.generated += 1
+        if result.failed_stage is not None:
+            tally.failed_stages[result.failed_stage] = (
+                tally.failed_stages.get(result.failed_stage, 0) + 1
+            )
         stages = {v.validator: v for v in result.verdicts}
         if "sanity" in stages and stages["sanity"].passed:
             tally.valid += 1
@@ -167,12 +311,23 @@ def _score(tally: _Tally, candidates: list[Candidate], results: list[Any], smact
             tally.relaxed += 1
 
 
-def _row(family: str, t: _Tally) -> dict[str, Any]:
+def _row(family: str, t: _Tally, baseline: _Tally, seed: int) -> dict[str, Any]:
     def pct(k: int) -> float | None:
         return round(100 * k / t.generated, 1) if t.generated else None
 
+    low, high = wilson_interval(t.sun, t.generated)
+    if family == BASELINE:
+        relative = "1 (baseline)"
+    else:
+        ratio, r_low, r_high = bootstrap_ratio(t.per_system, baseline.per_system, seed=seed)
+        relative = (
+            "n/a (baseline 0)"
+            if ratio is None
+            else f"{ratio:.2f}"
+            + ("" if r_low is None or r_high is None else f" [{r_low:.2f}-{r_high:.2f}]")
+        )
     return {
-        "family": family + (" (baseline)" if family == "pyxtal" else ""),
+        "family": family + (" (baseline)" if family == BASELINE else ""),
         "generated": t.generated,
         "valid %": pct(t.valid),
         "SMACT %": pct(t.smact),
@@ -180,6 +335,38 @@ def _row(family: str, t: _Tally) -> dict[str, Any]:
         "novel %": pct(t.novel),
         "E_hull<=0.1 %": pct(t.metastable),
         "S.U.N. %": pct(t.sun),
+        "S.U.N. 95% CI": f"{100 * low:.1f}-{100 * high:.1f}" if t.generated else None,
+        "S.U.N. / baseline": relative,
         "samples/s": round(t.generated / t.generation_s, 2) if t.generation_s else None,
         "relax s/structure": round(t.relax_s / t.relaxed, 2) if t.relaxed else None,
     }
+
+
+def _plot(tallies: dict[str, _Tally], path: Path, per_family: int) -> Path:
+    """Grouped bars of every share per family with Wilson 95 % error bars; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = ("valid", "SMACT", "unique", "novel", "E_hull<=0.1", "S.U.N.")
+    x = np.arange(len(SHARES))
+    width = 0.8 / max(len(tallies), 1)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, (family, t) in enumerate(tallies.items()):
+        n = max(t.generated, 1)
+        shares = np.array([100 * getattr(t, k) / n for k in SHARES])
+        bounds = np.array([wilson_interval(getattr(t, k), t.generated) for k in SHARES]) * 100
+        errors = np.clip(np.vstack([shares - bounds[:, 0], bounds[:, 1] - shares]), 0, None)
+        ax.bar(x + (i - (len(tallies) - 1) / 2) * width, shares, width, yerr=errors,
+               capsize=2, label=f"{family} (n={t.generated})")  # fmt: skip
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("share of generated structures, %")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"crystalforge eval generators: {per_family} per family and system, Wilson 95 %")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
