@@ -28,6 +28,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "crystalforge.evals.hull_accuracy",
         "CHGNet energy above hull vs held-out DFT: MAE and stable/unstable precision, recall, F1",
     ),
+    "properties": (
+        "crystalforge.evals.properties",
+        "band-gap MAE on held-out rows (ours vs baselines), CHGNet EOS bulk modulus vs experiment",
+    ),
     "throughput": (
         "crystalforge.evals.throughput",
         "batched vs one-by-one CHGNet relaxation: structures/s and energy agreement",

@@ -224,3 +224,20 @@ def test_assess_evaluates_band_gap_bulk_modulus_and_magnetic_moment() -> None:
     bare = make(rocksalt(5.64, "Na", "Cl"))
     assert "band_gap" not in property_values(bare)
     assert math.isfinite(property_values(bare)["density"])
+
+
+# -- the eval suite ------------------------------------------------------------------------------
+
+
+def test_properties_suite_measures_band_gap_error_on_held_out_rows(data_dir) -> None:
+    pytest.importorskip("chgnet")
+    from crystalforge.evals.base import SuiteOptions
+    from crystalforge.evals.properties import run
+
+    result = run(SuiteOptions(quick=True, limit=300, device="cpu", data_dir=data_dir))
+    ours, zero, _ = result.rows
+    assert ours["n"] == 300
+    assert float(ours["mae_ev"] or 0) < float(zero["mae_ev"] or 0)  # beats "always a metal"
+    assert result.metadata["band_gap_rows"] == 300
+    assert len(result.metadata["solids"]) == 3
+    assert any("NaCl" in note and "GPa" in note for note in result.notes)
