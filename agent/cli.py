@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from crystalforge import __version__
-from crystalforge.core.errors import CrystalForgeError, RequestError, SetupError
+from crystalforge.core.errors import CrystalForgeError, RequestError, ReviewError, SetupError
 from crystalforge.core.settings import Settings
 from crystalforge.core.spec import Budget
 
@@ -56,12 +56,34 @@ def _build_parser() -> argparse.ArgumentParser:
     design.add_argument("request", help='e.g. "a stable Li-Mn-O oxide, at most 16 atoms per cell"')
     _add_run_options(design)
 
+    chat = sub.add_parser(
+        "chat",
+        help="Talk to the assistant: a request, then follow-ups that refine it.",
+        description=(
+            "A multi-turn conversation on stdin/stdout. The first message is a design request; "
+            "follow-ups refine it ('now without manganese'), ask about the results ('show me "
+            "the two most stable', 'why was candidate 3 rejected?') or answer a review "
+            "('approve 1 3, reject 2: too much Mn'). Type 'help' for more, 'quit' to leave. "
+            "The conversation is saved after every turn; continue it with --resume."
+        ),
+    )
+    chat.add_argument(
+        "--resume", type=Path, metavar="SESSION", help="Continue a saved chat session file."
+    )
+    chat.add_argument(
+        "--session",
+        type=Path,
+        help="Where to save the session (default: chat-<time>.json under ./runs/).",
+    )
+    _add_run_options(chat, out=False)
+
     run = sub.add_parser(
         "run",
         help="Run a scripted campaign from a YAML file.",
         description=(
             "YAML keys: request (required), and optionally candidates, rounds, samples, "
-            "max_relaxations, max_minutes, max_atoms, seed, out, data_dir, device."
+            "max_relaxations, max_minutes, max_atoms, seed, out, data_dir, device, review "
+            "(true: stop after each round for `crystalforge review`)."
         ),
     )
     run.add_argument("campaign", type=Path, help="Campaign YAML file.")
@@ -74,6 +96,39 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     resume.add_argument("run_dir", type=Path, help="The run folder (e.g. runs/2026...).")
+
+    review = sub.add_parser(
+        "review",
+        help="Review a run's proposals: a local web page, or --approve/--reject/--note.",
+        description=(
+            "A run started with --review stops after each validation round until its proposals "
+            "are reviewed. Without options this serves the review page on 127.0.0.1 (proposals "
+            "with verdicts, a 3D structure viewer, the hull plot, approve/reject/annotate "
+            "buttons); submitting resumes the run. With --approve/--reject/--note the decisions "
+            "are applied and the run resumes here. IDs are candidate ids, unique prefixes, or "
+            "the numbers of --list."
+        ),
+    )
+    review.add_argument("run_dir", type=Path, help="The run folder waiting for review.")
+    review.add_argument("--list", action="store_true", help="Print the pending proposals.")
+    review.add_argument(
+        "--approve", nargs="+", action="extend", default=[], metavar="ID", help="Approve these."
+    )
+    review.add_argument(
+        "--reject", nargs="+", action="extend", default=[], metavar="ID", help="Reject these."
+    )
+    review.add_argument(
+        "--note",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ID", "TEXT"),
+        help="Attach a note (alone: annotate; with --approve/--reject: the reason).",
+    )
+    review.add_argument(
+        "--skip", action="store_true", help="Continue without any decision on this round."
+    )
+    review.add_argument("--port", type=int, default=8765, help="Review page port (default 8765).")
 
     evaluate = sub.add_parser(
         "eval",
@@ -99,8 +154,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, help="Run folder (default: a new folder under ./runs/).")
+def _add_run_options(p: argparse.ArgumentParser, *, out: bool = True) -> None:
+    if out:
+        p.add_argument("--out", type=Path, help="Run folder (default: a new folder under ./runs/).")
     p.add_argument("--candidates", type=int, help="Candidates wanted (overrides the request).")
     p.add_argument("--rounds", type=int, help="Maximum generate-validate rounds (default 3).")
     p.add_argument("--samples", type=int, help="Structures generated per round (default 12).")
@@ -133,6 +189,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Judge stability against elemental references only.",
     )
+    p.add_argument(
+        "--review",
+        action="store_true",
+        default=None,
+        help="Stop after each validation round for review (`crystalforge review <run>`).",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,8 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _campaign(args.campaign)
         if args.command == "resume":
             return _resume(args.run_dir)
+        if args.command == "review":
+            return _review(args)
+        if args.command == "chat":
+            return _chat(vars(args))
         if args.command == "eval":
             return _eval(args)
+    except ReviewError as exc:
+        err_console.print(f"[bold red]Cannot apply the review:[/] {escape(str(exc))}")
+        return EXIT_USAGE
     except RequestError as exc:
         err_console.print(f"[bold red]Cannot design this:[/] {escape(str(exc))}")
         return EXIT_USAGE
@@ -190,6 +259,7 @@ def _design(options: dict[str, Any]) -> int:
         llm=options.get("llm"),
         llm_model=options.get("model"),
         llm_base_url=options.get("base_url"),
+        review=options.get("review"),
     )
     backend = None
     if context.llm == "openai":
@@ -255,7 +325,7 @@ def _campaign(path: Path) -> int:
     known = {
         "request", "candidates", "rounds", "samples", "max_relaxations", "max_minutes",
         "max_atoms", "seed", "out", "data_dir", "device", "no_reference_data", "llm", "model",
-        "base_url",
+        "base_url", "review",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
@@ -386,6 +456,15 @@ def _print_outcome(outcome: RunOutcome) -> int:
     """Print the ranked table; exit code 1 when nothing could be validated."""
     from crystalforge.agent.report import table_rows
 
+    if outcome.pending_review is not None:
+        _print_proposals(outcome.pending_review)
+        run = outcome.run_dir
+        console.print(
+            f"[bold]Waiting for review.[/] Open the review page with "
+            f"`crystalforge review {run}`, or decide here: `crystalforge review {run} "
+            f'--approve 1 --reject 2 --note 2 "why"` (`--skip` continues without decisions).'
+        )
+        return EXIT_OK
     rows = table_rows(outcome.ranked)
     if not rows:
         err_console.print(
@@ -415,6 +494,89 @@ def _print_outcome(outcome: RunOutcome) -> int:
         f"(wanted {outcome.spec.num_candidates}). Stop: {escape(outcome.stop_reason)}."
     )
     console.print(f"Report: {outcome.report_path}")
+    return EXIT_OK
+
+
+def _print_proposals(payload: dict[str, Any]) -> None:
+    """The pending proposals of a review, as a table."""
+    table = Table(title=f"Round {payload['round']} proposals of {payload['run']}")
+    for column in ("#", "id", "formula", "SG", "atoms", "E_hull eV/atom", "±", "hit"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("properties", overflow="fold")
+    for p in payload["proposals"]:
+        unc = p.get("uncertainty") or {}
+        spread = unc.get("e_hull_disagreement")
+        props = ", ".join(f"{k} {v:.3g}" for k, v in p["properties"].items())
+        table.add_row(
+            str(p["index"]),
+            p["id"],
+            p["formula"],
+            str(p["space_group"] or ""),
+            str(p["n_atoms"]),
+            "" if p["e_above_hull"] is None else f"{p['e_above_hull']:.3f}",
+            ""
+            if spread is None
+            else f"{spread:.3f}" + (" flips" if unc.get("verdict_flips") else ""),
+            "yes" if p["meets_hard"] else "no",
+            escape(props + (f" [{p['generator']}]" if p.get("generator") else "")),
+        )
+    console.print(table)
+    if payload.get("error"):
+        console.print(f"[red]last answer not applied:[/] {escape(payload['error'])}")
+
+
+def _review(args: argparse.Namespace) -> int:
+    from crystalforge.agent.nodes.review import decisions_from_refs
+    from crystalforge.agent.runner import pending_review, run_values, submit_review
+
+    pending = pending_review(args.run_dir)
+    deciding = bool(args.approve or args.reject or args.note or args.skip)
+    if pending is None:
+        if deciding:
+            raise ReviewError(f"run {str(args.run_dir)!r} is not waiting for a review")
+        values = run_values(args.run_dir)
+        state = "finished" if values.get("report_path") else "not waiting for review"
+        console.print(f"Run {args.run_dir} is {state}; nothing to review.")
+        if values.get("report_path"):
+            console.print(f"Report: {values['report_path']}")
+        return EXIT_OK
+    if args.list and not deciding:
+        _print_proposals(pending)
+        return EXIT_OK
+    if deciding:
+        response = decisions_from_refs(
+            pending["proposals"],
+            approve=args.approve,
+            reject=args.reject,
+            notes=[(ref, text) for ref, text in args.note],
+        )
+        console.print(f"[bold]crystalforge[/] applying {len(response.decisions)} decisions")
+        with _progress() as (progress_cb, on_node):
+            outcome = submit_review(args.run_dir, response, progress=progress_cb, on_node=on_node)
+        return _print_outcome(outcome)
+    from crystalforge.agent.review_server import serve
+
+    serve(args.run_dir, port=args.port, announce=console.print)
+    return EXIT_OK
+
+
+def _chat(options: dict[str, Any]) -> int:
+    from crystalforge.agent.chat import ChatOptions, run_chat
+
+    chat_options = ChatOptions.from_cli(options)
+
+    def lines() -> Iterator[str]:
+        while True:
+            try:
+                yield console.input("[bold cyan]you>[/] ")
+            except EOFError:
+                return
+
+    run_chat(
+        lines(),
+        lambda text: console.print(text, markup=False, highlight=False),
+        options=chat_options,
+    )
     return EXIT_OK
 
 

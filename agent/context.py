@@ -41,6 +41,8 @@ class Context:
     the router splits the exploration share over all of them by their yield."""
     relaxer: Literal["chgnet", "fake"] = "chgnet"
     """``fake`` swaps CHGNet for table-driven energies: for fast tests of the graph only."""
+    review: bool = False
+    """Stop after each validation round for a person to approve, reject or annotate proposals."""
     progress: ProgressCallback | None = field(default=None, compare=False)
     """Progress sink; not saved with the run."""
 

@@ -1,9 +1,12 @@
 """The design graph: wiring only.
 
-    understand -> plan -> retrieve -> generate -> validate -> reflect -> report
-                   ^                      |                      |
-                   |                      +---- (nothing) -------+--> report
-                   +------------- (another round) ---------------+
+    understand -> plan -> retrieve -> generate -> validate -> [review] -> reflect -> report
+                   ^                      |                                  |
+                   |                      +---- (nothing) -------------------+--> report
+                   +------------- (another round) ---------------------------+
+
+``review`` runs only with ``Context.review`` on: it interrupts the run (LangGraph
+``interrupt()``) until a person approves, rejects or annotates the round's proposals.
 
 Routers return ``Literal`` node names. ``graph`` (no checkpointer) is what ``langgraph.json``
 points at; runs use :func:`build_graph` with LangGraph's SQLite saver.
@@ -21,6 +24,7 @@ from crystalforge.agent.nodes.plan import plan
 from crystalforge.agent.nodes.reflect import reflect, route_after_generate, route_after_reflect
 from crystalforge.agent.nodes.report import report
 from crystalforge.agent.nodes.retrieve import retrieve
+from crystalforge.agent.nodes.review import review, route_after_validate
 from crystalforge.agent.nodes.understand import understand
 from crystalforge.agent.nodes.validate import validate
 from crystalforge.agent.state import InputState, State
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.graph.state import CompiledStateGraph
 
-NODES = ("understand", "plan", "retrieve", "generate", "validate", "reflect", "report")
+NODES = ("understand", "plan", "retrieve", "generate", "validate", "review", "reflect", "report")
 """Node names, in the order of one round."""
 
 
@@ -43,6 +47,7 @@ def build_graph(
     builder.add_node("retrieve", retrieve)
     builder.add_node("generate", generate)
     builder.add_node("validate", validate)
+    builder.add_node("review", review)
     builder.add_node("reflect", reflect)
     builder.add_node("report", report)
     builder.add_edge(START, "understand")
@@ -50,7 +55,8 @@ def build_graph(
     builder.add_edge("plan", "retrieve")
     builder.add_edge("retrieve", "generate")
     builder.add_conditional_edges("generate", route_after_generate)
-    builder.add_edge("validate", "reflect")
+    builder.add_conditional_edges("validate", route_after_validate)
+    builder.add_edge("review", "reflect")
     builder.add_conditional_edges("reflect", route_after_reflect)
     builder.add_edge("report", END)
     return builder.compile(checkpointer=checkpointer, name="crystalforge-design")

@@ -57,6 +57,8 @@ class RunOutcome:
     hits: list[CandidateSummary]
     """Distinct candidates meeting every hard constraint, best first."""
     report_path: Path
+    pending_review: dict[str, Any] | None = None
+    """The review payload when the run stopped for a person's review (see nodes/review.py)."""
 
 
 def rank(results: list[CandidateSummary]) -> list[CandidateSummary]:
@@ -66,6 +68,14 @@ def rank(results: list[CandidateSummary]) -> list[CandidateSummary]:
 
 def status_of(summary: CandidateSummary) -> str:
     """One word or phrase for the table."""
+    review = summary.get("review")
+    note = summary.get("review_note")
+    if review == "rejected":
+        return "rejected by reviewer" + (f": {note}" if note else "")
+    if review == "approved" or note:
+        base = status_of({k: v for k, v in summary.items() if k not in ("review", "review_note")})  # type: ignore[arg-type]
+        mark = " (approved by reviewer)" if review == "approved" else ""
+        return base + mark + (f"; reviewer note: {note}" if note else "")
     if summary["meets_hard"]:
         return "hit"
     if not summary["passed"]:
@@ -77,6 +87,14 @@ def status_of(summary: CandidateSummary) -> str:
 
 def short_status(summary: CandidateSummary) -> str:
     """A few words for narrow tables: ``hit``, ``missed e_above_hull``, ``rejected (sanity)``."""
+    review = summary.get("review")
+    if review == "rejected":
+        return "rejected (reviewer)"
+    if review == "approved":
+        if summary["meets_hard"]:
+            return "approved"
+        rest = {k: v for k, v in summary.items() if k != "review"}
+        return "approved, " + short_status(rest)  # type: ignore[arg-type]
     if summary["meets_hard"]:
         return "hit"
     if not summary["passed"]:

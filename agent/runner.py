@@ -15,17 +15,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.types import Command
 
 from crystalforge.agent.context import Context, ProgressCallback
 from crystalforge.agent.graph import build_graph
 from crystalforge.agent.nodes.reflect import distinct_hits
+from crystalforge.agent.nodes.review import ReviewResponse, apply_reviews, parse_response
 from crystalforge.agent.report import RunOutcome, rank
 from crystalforge.agent.state import InputState
-from crystalforge.core.errors import RunError, RunNotFound
+from crystalforge.core.errors import ReviewError, RunError, RunNotFound
 from crystalforge.core.spec import DesignSpec
 from crystalforge.memory.run_store import write_json_atomic
 
@@ -134,9 +136,56 @@ def resume_run(
     return _drive(handle, None, context, on_node)
 
 
+def pending_review(run_dir: Path) -> dict[str, Any] | None:
+    """The review payload a run is waiting on, or ``None`` when it waits for nothing."""
+    handle, _ = load_run(run_dir)
+    with _checkpointer(handle.run_dir) as saver:
+        snapshot = build_graph(saver).get_state(handle.config)
+    return _interrupt_value(snapshot.interrupts)
+
+
+def run_values(run_dir: Path) -> dict[str, Any]:
+    """The last checkpointed graph state of a run (empty before its first checkpoint)."""
+    handle, _ = load_run(run_dir)
+    with _checkpointer(handle.run_dir) as saver:
+        return dict(build_graph(saver).get_state(handle.config).values)
+
+
+def submit_review(
+    run_dir: Path,
+    answer: ReviewResponse | dict[str, Any] | str,
+    *,
+    progress: ProgressCallback | None = None,
+    on_node: NodeCallback | None = None,
+) -> RunOutcome:
+    """Resume a run that waits for review with the reviewer's decisions.
+
+    The answer is checked against the pending proposals first, so an unknown id or action is
+    a :class:`ReviewError` naming it and the run stays where it was. The run then continues
+    (in this process) until the next review or the end.
+
+    Raises:
+        ReviewError: The run waits for no review, or the answer does not fit the proposals.
+    """
+    handle, context = load_run(run_dir, progress=progress)
+    pending = pending_review(run_dir)
+    if pending is None:
+        raise ReviewError(f"run {str(run_dir)!r} is not waiting for a review")
+    response = parse_response(answer, pending["proposals"])
+    return _drive(handle, Command(resume=response.model_dump(mode="json")), context, on_node)
+
+
+def _interrupt_value(interrupts: Any) -> dict[str, Any] | None:
+    for item in interrupts or ():
+        value = getattr(item, "value", None)
+        if isinstance(value, dict) and value.get("kind") == "review":
+            return cast("dict[str, Any]", value)
+    return None
+
+
 def _drive(
     handle: RunHandle,
-    inputs: InputState | None,
+    inputs: InputState | Command[Any] | None,
     context: Context,
     on_node: NodeCallback | None,
 ) -> RunOutcome:
@@ -154,19 +203,25 @@ def _drive(
                 for node, update in chunk.items():
                     if on_node is not None and isinstance(update, dict):
                         on_node(node, update)
-            values = dict(graph.get_state(handle.config).values)
-    return outcome_from_values(handle.run_dir, values)
+            snapshot = graph.get_state(handle.config)
+            values = dict(snapshot.values)
+    pending = _interrupt_value(snapshot.interrupts)
+    return outcome_from_values(handle.run_dir, values, pending_review=pending)
 
 
-def outcome_from_values(run_dir: Path, values: dict[str, Any]) -> RunOutcome:
-    """The outcome of a finished run from its final graph state."""
-    results = list(values.get("results") or [])
+def outcome_from_values(
+    run_dir: Path, values: dict[str, Any], *, pending_review: dict[str, Any] | None = None
+) -> RunOutcome:
+    """The outcome of a run from its graph state (final, or stopped for review)."""
+    results = apply_reviews(list(values.get("results") or []), list(values.get("reviews") or []))
     return RunOutcome(
         run_dir=run_dir,
         spec=DesignSpec.model_validate(values["spec"]),
         reference_name=values.get("reference_name") or "unknown",
-        stop_reason=values.get("stop_reason") or "finished",
+        stop_reason=values.get("stop_reason")
+        or ("waiting for review" if pending_review is not None else "finished"),
         ranked=rank(results),
         hits=distinct_hits(results),
         report_path=Path(values.get("report_path") or run_dir / "report.md"),
+        pending_review=pending_review,
     )

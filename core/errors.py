@@ -55,6 +55,10 @@ class ClarificationNeeded(RequestError):
         self.question = question
 
 
+class ReviewError(RequestError):
+    """A review answer that cannot be applied (unknown candidate or action, nothing pending)."""
+
+
 class RunError(CrystalForgeError):
     """Raised during a run."""
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hints at runtime
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
+from crystalforge.agent.nodes.review import apply_reviews, review_memo
 from crystalforge.agent.state import (
     CandidateSummary,
     Memo,
@@ -178,14 +179,17 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Write the memo of this round; set the stop reason when the run should end."""
     del runtime
     assert state.spec is not None, "understand runs before reflect"
+    # Reviewer decisions (review node) veto hits and steer the focus; see nodes/review.py.
+    results = apply_reviews(list(state.results), list(state.reviews))
     memo = make_memo(
         DesignSpec.model_validate(state.spec),
-        list(state.results),
+        results,
         list(state.memos),
         round_index=state.round,
         validator_calls=state.validator_calls,
         elapsed_s=state.elapsed_s,
     )
+    memo = review_memo(memo, results, list(state.reviews))
     return {"memos": [memo], "stop_reason": memo["stop_reason"]}
 
 
