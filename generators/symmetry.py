@@ -30,6 +30,9 @@ from crystalforge.core.errors import ConfigError, GenerationFailed
 from crystalforge.generators.compositions import CompositionChoice, enumerate_compositions
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from crystalforge.core.candidate import Scalar
     from crystalforge.generators.base import Family, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -80,36 +83,234 @@ def _compatible(number: int, counts: tuple[int, ...]) -> bool:
     return bool(compatible)
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Cell:
-    """One composition at one number of formula units."""
+@dataclass(frozen=True)
+class Cell:
+    """One composition at one number of formula units, with its (unnormalised) draw weight.
 
-    rank: int
+    Shared by :class:`PyXtalGenerator` and
+    :class:`~crystalforge.generators.wyckoff.WyckoffPriorGenerator`, which differ only in the
+    weights.
+    """
+
     choice: CompositionChoice
     z: int
+    weight: float
 
     @property
     def counts(self) -> tuple[int, ...]:
+        """Atoms per species in the primitive cell, in ``choice.elements`` order."""
         return tuple(self.choice.species_and_counts(self.z)[1])
 
 
 @dataclass(frozen=True)
-class _CellPool:
-    """Cells with draw probabilities ``1 / sqrt(1 + rank)`` per composition, spread over z."""
+class CellPool:
+    """Cells drawn with probabilities proportional to their weights."""
 
-    cells: list[_Cell]
+    cells: list[Cell]
     probabilities: np.ndarray
 
     @classmethod
-    def of(cls, cells: list[_Cell]) -> _CellPool:
-        per_rank: dict[int, int] = {}
-        for cell in cells:
-            per_rank[cell.rank] = per_rank.get(cell.rank, 0) + 1
-        weights = np.array([1 / math.sqrt(1 + c.rank) / per_rank[c.rank] for c in cells])
+    def of(cls, cells: list[Cell]) -> CellPool:
+        """The pool of ``cells`` (non-empty), normalising their weights."""
+        weights = np.array([c.weight for c in cells], dtype=float)
         return cls(cells, weights / weights.sum())
 
-    def draw(self, rng: np.random.Generator) -> _Cell:
+    def draw(self, rng: np.random.Generator) -> Cell:
+        """One cell, drawn with ``rng``."""
         return self.cells[int(rng.choice(len(self.cells), p=self.probabilities))]
+
+
+def request_cells(
+    request: GenerationRequest,
+    *,
+    max_cell_atoms: int,
+    weigh: Callable[[int, CompositionChoice, list[int]], list[float]],
+    who: str,
+) -> list[Cell]:
+    """Every (composition, z) of ``request`` that fits in ``max_cell_atoms``, weighted.
+
+    Args:
+        request: The generation request (its atom range, elements, space groups).
+        max_cell_atoms: Largest primitive cell the caller builds.
+        weigh: ``weigh(rank, choice, zs)`` gives one weight per formula-unit count ``zs`` of the
+            composition ranked ``rank`` by ``enumerate_compositions``.
+        who: Generator name for error messages.
+
+    Raises:
+        GenerationFailed: Space groups outside 1-230, ``min_atoms`` beyond ``max_cell_atoms``,
+            or no composition fits (the reason comes from ``enumerate_compositions``).
+    """
+    if bad := [sg for sg in request.space_groups if not 1 <= sg <= 230]:
+        raise GenerationFailed(f"space groups must be in 1-230, got {bad!r}")
+    if request.min_atoms > max_cell_atoms:
+        raise GenerationFailed(
+            f"min_atoms={request.min_atoms!r} is beyond the {max_cell_atoms} atoms per cell "
+            f"{who} can place in reasonable time (set max_cell_atoms to raise it)"
+        )
+    cells: list[Cell] = []
+    for rank, choice in enumerate(enumerate_compositions(request)):
+        zs = [z for z in choice.z_options if z * choice.num_atoms <= max_cell_atoms]
+        if zs:
+            weights = weigh(rank, choice, zs)
+            cells.extend(Cell(choice, z, w) for z, w in zip(zs, weights, strict=True))
+    if not cells:
+        raise GenerationFailed(
+            f"no composition fits in {max_cell_atoms} atoms per cell (max_cell_atoms)"
+        )
+    return cells
+
+
+def cells_by_space_group(
+    request: GenerationRequest, cells: list[Cell], *, max_cell_atoms: int
+) -> dict[int, list[Cell]] | None:
+    """For requested space groups, the cells (of the first 512) each can host.
+
+    Returns:
+        Space group -> hostable cells (groups hosting none are left out); ``None`` when the
+        request names no space group.
+
+    Raises:
+        GenerationFailed: No requested group can host any cell, naming groups and formulas.
+    """
+    if not request.space_groups:
+        return None
+    scanned = cells[:_SCANNED_CELLS]
+    groups = sorted(set(request.space_groups))
+    by_group = {sg: [c for c in scanned if _compatible(sg, c.counts)] for sg in groups}
+    if not any(by_group.values()):
+        formulas = list(dict.fromkeys(c.choice.formula for c in scanned))
+        shown = ", ".join(formulas[:5]) + (
+            f" or {len(formulas) - 5} more" if len(formulas) > 5 else ""
+        )
+        low = max(request.min_atoms, 1)
+        high = min(request.max_atoms, max_cell_atoms)
+        raise GenerationFailed(
+            f"space group {' or '.join(map(str, groups))} cannot host {shown} with "
+            f"{low}-{high} atoms per cell"
+        )
+    return {sg: hosted for sg, hosted in by_group.items() if hosted}
+
+
+def build_structure(
+    cell: Cell,
+    space_group: int,
+    seed: int,
+    *,
+    volume_factor: float,
+    sites: tuple[tuple[str, ...], ...] | None = None,
+) -> Structure | None:
+    """PyXtal's random crystal for a cell, reduced to its primitive cell.
+
+    Atom counts (and the request's atom limits) refer to the primitive cell, so that rock salt
+    is a 2-atom cell and a spinel a 14-atom cell; PyXtal builds the conventional cell with
+    ``centering_multiplicity`` times as many atoms.
+
+    Args:
+        cell: Composition and formula units.
+        space_group: Space-group number (compatible with the cell).
+        seed: Seed of PyXtal's random state.
+        volume_factor: Cell volume relative to PyXtal's sum of atomic volumes.
+        sites: Wyckoff labels per element (conventional cell), or ``None`` to let PyXtal pick.
+
+    Returns:
+        The structure, or ``None`` if PyXtal could not place the atoms.
+    """
+    species, counts = cell.choice.species_and_counts(cell.z)
+    multiplicity = centering_multiplicity(space_group)
+    crystal = pyxtal()
+    # PyXtal reports progress with print() and warnings.warn(); keep both out of our output.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            crystal.from_random(
+                3,
+                _group(space_group),
+                species,
+                [c * multiplicity for c in counts],
+                factor=volume_factor,
+                sites=None if sites is None else [list(s) for s in sites],
+                # A Generator, not an int: PyXtal's internal retries reuse random_state.
+                random_state=np.random.default_rng(seed),
+            )
+            structure = crystal.to_pymatgen()
+            if multiplicity > 1 and isinstance(structure, Structure):
+                # PyXtal's positions are exact: a tight tolerance finds the primitive cell.
+                structure = structure.get_primitive_structure(tolerance=0.01)
+        # RuntimeError: "long time to generate structure"; PyXtalError: compatibility and
+        # volume errors; ValueError/KeyError/IndexError: degenerate lattices, bad site labels.
+        except (RuntimeError, ValueError, KeyError, IndexError, PyXtalError) as exc:
+            logger.debug("pyxtal failed for %s in %d: %s", cell.choice.formula, space_group, exc)
+            return None
+    if not isinstance(structure, Structure) or len(structure) != sum(counts):
+        return None
+    return structure
+
+
+def generate_with_budget(
+    request: GenerationRequest,
+    attempt: Callable[[np.random.Generator], tuple[Structure, dict[str, Scalar]] | None],
+    *,
+    name: str,
+    max_attempts_per_structure: int,
+    timeout_s: float,
+) -> list[Candidate]:
+    """The attempt loop both PyXtal-based generators share.
+
+    Structure ``i`` uses ``np.random.default_rng([seed, i])``, so it depends only on the seed
+    and ``i``. Each call of ``attempt(rng)`` returns a structure and its parameters, or ``None``
+    for a failed attempt; exact duplicates (same candidate id) are dropped and retried.
+
+    Raises:
+        GenerationFailed: Nothing was produced (time budget or every attempt failed).
+    """
+    deadline = time.monotonic() + timeout_s
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    attempts = failures = duplicates = 0
+    timed_out = False
+    for index in range(request.num_structures):
+        rng = np.random.default_rng([request.seed % 2**64, index])
+        for attempt_number in range(max_attempts_per_structure):
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            attempts += 1
+            made = attempt(rng)
+            if made is None:
+                failures += 1
+                continue
+            structure, parameters = made
+            candidate = Candidate.create(
+                structure,
+                generator=name,
+                seed=request.seed,
+                parameters={"index": index, "attempt": attempt_number, **parameters},
+                round=request.round,
+            )
+            if candidate.id in seen:
+                duplicates += 1
+                continue
+            seen.add(candidate.id)
+            out.append(candidate)
+            break
+        if timed_out:
+            break
+    logger.debug(
+        "%s: %d structures from %d attempts (%d failed, %d duplicates)",
+        name, len(out), attempts, failures, duplicates,
+    )  # fmt: skip
+    why = (
+        f"the {timeout_s:g} s time budget ran out"
+        if timed_out
+        else f"{failures} of {attempts} attempts failed and {duplicates} were duplicates"
+    )
+    if not out:
+        raise GenerationFailed(f"{name} produced no structure: {why}")
+    if len(out) < request.num_structures:
+        logger.warning(
+            "%s returned %d of %d structures: %s", name, len(out), request.num_structures, why
+        )
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,124 +364,46 @@ class PyXtalGenerator:
             raise GenerationFailed(f"num_structures must be >= 0, got {request.num_structures!r}")
         if request.num_structures == 0:
             return []
-        cells = _CellPool.of(self._cells(request))
-        by_group = self._cells_by_group(request, cells.cells)
-        deadline = time.monotonic() + self.timeout_s
-        out: list[Candidate] = []
-        seen: set[str] = set()
-        attempts = failures = duplicates = 0
-        timed_out = False
-        for index in range(request.num_structures):
-            rng = np.random.default_rng([request.seed % 2**64, index])
-            for attempt in range(self.max_attempts_per_structure):
-                if time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                attempts += 1
-                drawn = self._draw(rng, cells, by_group)
-                pyxtal_seed = int(rng.integers(2**63))
-                if drawn is None:
-                    failures += 1
-                    continue
-                cell, space_group = drawn
-                structure = self._build(cell, space_group, pyxtal_seed)
-                if structure is None:
-                    failures += 1
-                    continue
-                candidate = Candidate.create(
-                    structure,
-                    generator=self.name,
-                    seed=request.seed,
-                    parameters={
-                        "index": index,
-                        "attempt": attempt,
-                        "space_group": space_group,
-                        "formula": cell.choice.formula,
-                        "z": cell.z,
-                        "charge_balance": cell.choice.charge_balance,
-                        "oxidation_states": cell.choice.oxidation_label(),
-                        "pyxtal_seed": pyxtal_seed,
-                        "volume_factor": self.volume_factor,
-                    },
-                    round=request.round,
-                )
-                if candidate.id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(candidate.id)
-                out.append(candidate)
-                break
-            if timed_out:
-                break
-        logger.debug(
-            "pyxtal: %d structures from %d attempts (%d failed, %d duplicates)",
-            len(out), attempts, failures, duplicates,
-        )  # fmt: skip
-        why = (
-            f"the {self.timeout_s:g} s time budget ran out"
-            if timed_out
-            else f"{failures} of {attempts} attempts failed and {duplicates} were duplicates"
+        cells = request_cells(
+            request, max_cell_atoms=self.max_cell_atoms, weigh=_rank_weights, who=self.name
         )
-        if not out:
-            raise GenerationFailed(f"pyxtal produced no structure: {why}")
-        if len(out) < request.num_structures:
-            logger.warning(
-                "pyxtal returned %d of %d structures: %s", len(out), request.num_structures, why
-            )
-        return out
+        hosted = cells_by_space_group(request, cells, max_cell_atoms=self.max_cell_atoms)
+        pool = CellPool.of(cells)
+        by_group = None if hosted is None else {sg: CellPool.of(c) for sg, c in hosted.items()}
 
-    def _cells(self, request: GenerationRequest) -> list[_Cell]:
-        """Every (composition, z) that fits the request and ``max_cell_atoms``."""
-        if request.min_atoms > self.max_cell_atoms:
-            raise GenerationFailed(
-                f"min_atoms={request.min_atoms!r} is beyond the {self.max_cell_atoms} atoms per "
-                "cell pyxtal can place in reasonable time (set max_cell_atoms to raise it)"
-            )
-        choices = enumerate_compositions(request)
-        cells = [
-            _Cell(rank=rank, choice=choice, z=z)
-            for rank, choice in enumerate(choices)
-            for z in choice.z_options
-            if z * choice.num_atoms <= self.max_cell_atoms
-        ]
-        if not cells:
-            raise GenerationFailed(
-                f"no composition fits in {self.max_cell_atoms} atoms per cell (max_cell_atoms)"
-            )
-        return cells
+        def attempt(rng: np.random.Generator) -> tuple[Structure, dict[str, Scalar]] | None:
+            drawn = self._draw(rng, pool, by_group)
+            pyxtal_seed = int(rng.integers(2**63))
+            if drawn is None:
+                return None
+            cell, space_group = drawn
+            structure = self._build(cell, space_group, pyxtal_seed)
+            if structure is None:
+                return None
+            return structure, {
+                "space_group": space_group,
+                "formula": cell.choice.formula,
+                "z": cell.z,
+                "charge_balance": cell.choice.charge_balance,
+                "oxidation_states": cell.choice.oxidation_label(),
+                "pyxtal_seed": pyxtal_seed,
+                "volume_factor": self.volume_factor,
+            }
 
-    def _cells_by_group(
-        self, request: GenerationRequest, cells: list[_Cell]
-    ) -> dict[int, _CellPool] | None:
-        """For requested space groups, the cells each can host; ``None`` if none requested."""
-        if not request.space_groups:
-            return None
-        if bad := [sg for sg in request.space_groups if not 1 <= sg <= 230]:
-            raise GenerationFailed(f"space groups must be in 1-230, got {bad!r}")
-        scanned = cells[:_SCANNED_CELLS]
-        by_group = {
-            sg: [c for c in scanned if _compatible(sg, c.counts)]
-            for sg in sorted(set(request.space_groups))
-        }
-        if not any(by_group.values()):
-            formulas = list(dict.fromkeys(c.choice.formula for c in scanned))
-            shown = ", ".join(formulas[:5]) + (
-                f" or {len(formulas) - 5} more" if len(formulas) > 5 else ""
-            )
-            groups = " or ".join(str(sg) for sg in sorted(set(request.space_groups)))
-            low = max(request.min_atoms, 1)
-            high = min(request.max_atoms, self.max_cell_atoms)
-            raise GenerationFailed(
-                f"space group {groups} cannot host {shown} with {low}-{high} atoms per cell"
-            )
-        return {sg: _CellPool.of(hosted) for sg, hosted in by_group.items() if hosted}
+        return generate_with_budget(
+            request,
+            attempt,
+            name=self.name,
+            max_attempts_per_structure=self.max_attempts_per_structure,
+            timeout_s=self.timeout_s,
+        )
 
     def _draw(
         self,
         rng: np.random.Generator,
-        cells: _CellPool,
-        by_group: dict[int, _CellPool] | None,
-    ) -> tuple[_Cell, int] | None:
+        cells: CellPool,
+        by_group: dict[int, CellPool] | None,
+    ) -> tuple[Cell, int] | None:
         """A cell and a space group that can host it, or ``None`` if no group was found."""
         if by_group is not None:
             groups = sorted(by_group)
@@ -293,44 +416,15 @@ class PyXtalGenerator:
                 return cell, space_group
         return None
 
-    def _build(self, cell: _Cell, space_group: int, seed: int) -> Structure | None:
-        """PyXtal's random crystal for a cell, reduced to its primitive cell.
+    def _build(self, cell: Cell, space_group: int, seed: int) -> Structure | None:
+        """:func:`build_structure` with this generator's volume factor."""
+        return build_structure(cell, space_group, seed, volume_factor=self.volume_factor)
 
-        Atom counts (and the request's atom limits) refer to the primitive cell, so that rock
-        salt is a 2-atom cell and a spinel a 14-atom cell; PyXtal builds the conventional cell
-        with ``centering_multiplicity`` times as many atoms. ``None`` if PyXtal could not place
-        the atoms.
-        """
-        species, counts = cell.choice.species_and_counts(cell.z)
-        multiplicity = centering_multiplicity(space_group)
-        crystal = pyxtal()
-        # PyXtal reports progress with print() and warnings.warn(); keep both out of our output.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                crystal.from_random(
-                    3,
-                    _group(space_group),
-                    species,
-                    [c * multiplicity for c in counts],
-                    factor=self.volume_factor,
-                    # A Generator, not an int: PyXtal's internal retries reuse random_state.
-                    random_state=np.random.default_rng(seed),
-                )
-                structure = crystal.to_pymatgen()
-                if multiplicity > 1 and isinstance(structure, Structure):
-                    # PyXtal's positions are exact: a tight tolerance finds the primitive cell.
-                    structure = structure.get_primitive_structure(tolerance=0.01)
-            # RuntimeError: "long time to generate structure"; PyXtalError: compatibility and
-            # volume errors; ValueError: degenerate lattices.
-            except (RuntimeError, ValueError, PyXtalError) as exc:
-                logger.debug(
-                    "pyxtal failed for %s in %d: %s", cell.choice.formula, space_group, exc
-                )
-                return None
-        if not isinstance(structure, Structure) or len(structure) != sum(counts):
-            return None
-        return structure
+
+def _rank_weights(rank: int, choice: CompositionChoice, zs: list[int]) -> list[float]:
+    """``1 / sqrt(1 + rank)`` per composition, spread evenly over its formula units."""
+    del choice
+    return [1 / math.sqrt(1 + rank) / len(zs)] * len(zs)
 
 
 _PRIOR_GROUPS = np.array(sorted(SPACE_GROUP_PRIOR))

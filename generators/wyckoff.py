@@ -23,24 +23,16 @@ a space group and PyXtal's placement of atoms on a random lattice. Unlike it, th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import logging
 import math
-import time
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from pymatgen.core import Composition, Structure
-from pyxtal import pyxtal
-from pyxtal.msg import Error as PyXtalError
 
-from crystalforge.core.candidate import Candidate
 from crystalforge.core.errors import ConfigError, GenerationFailed
-from crystalforge.generators.compositions import CompositionChoice, enumerate_compositions
 from crystalforge.generators.priors import (
     WyckoffCombination,
     WyckoffPriors,
@@ -48,15 +40,21 @@ from crystalforge.generators.priors import (
     load_priors,
 )
 from crystalforge.generators.symmetry import (
+    Cell,
+    CellPool,
     _compatible,
     _draw_space_group,
-    _group,
+    build_structure,
+    cells_by_space_group,
     centering_multiplicity,
+    generate_with_budget,
+    request_cells,
 )
 
 if TYPE_CHECKING:
-    from crystalforge.core.candidate import Scalar
+    from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.generators.base import Family, GenerationRequest
+    from crystalforge.generators.compositions import CompositionChoice
 
 logger = logging.getLogger(__name__)
 
@@ -67,37 +65,10 @@ _CENTERINGS = (1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
-class _Cell:
-    """One composition at one number of formula units, with its prior weight."""
-
-    choice: CompositionChoice
-    z: int
-    weight: float
-
-    @property
-    def counts(self) -> tuple[int, ...]:
-        return tuple(self.choice.species_and_counts(self.z)[1])
-
-
-@dataclass(frozen=True)
-class _Pool:
-    cells: list[_Cell]
-    probabilities: np.ndarray
-
-    @classmethod
-    def of(cls, cells: list[_Cell]) -> _Pool:
-        weights = np.array([c.weight for c in cells])
-        return cls(cells, weights / weights.sum())
-
-    def draw(self, rng: np.random.Generator) -> _Cell:
-        return self.cells[int(rng.choice(len(self.cells), p=self.probabilities))]
-
-
-@dataclass(frozen=True)
 class _Plan:
     """What one attempt builds: a cell, a space group, and optionally sites per element."""
 
-    cell: _Cell
+    cell: Cell
     space_group: int
     prior: str
     sites: tuple[tuple[str, ...], ...] | None = None
@@ -170,123 +141,71 @@ class WyckoffPriorGenerator:
             raise GenerationFailed(f"num_structures must be >= 0, got {request.num_structures!r}")
         if request.num_structures == 0:
             return []
-        if bad := [sg for sg in request.space_groups if not 1 <= sg <= 230]:
-            raise GenerationFailed(f"space groups must be in 1-230, got {bad!r}")
         priors = self.priors
         pool = self._pool(request, priors)
-        deadline = time.monotonic() + self.timeout_s
-        out: list[Candidate] = []
-        seen: set[str] = set()
-        attempts = failures = duplicates = 0
-        timed_out = False
         combos_cache: dict[tuple[int, ...], list[WyckoffCombination]] = {}
-        for index in range(request.num_structures):
-            rng = np.random.default_rng([request.seed % 2**64, index])
-            for attempt in range(self.max_attempts_per_structure):
-                if time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                attempts += 1
-                plan = self._plan(rng, pool, request, priors, combos_cache)
-                pyxtal_seed = int(rng.integers(2**63))
-                structure = None if plan is None else self._build(plan, pyxtal_seed)
-                if plan is None or structure is None:
-                    failures += 1
-                    continue
-                choice = plan.cell.choice
-                parameters: dict[str, Scalar] = {
-                    "index": index,
-                    "attempt": attempt,
-                    "prior": plan.prior,
-                    "space_group": plan.space_group,
-                    "formula": choice.formula,
-                    "z": plan.cell.z,
-                    "charge_balance": choice.charge_balance,
-                    "oxidation_states": choice.oxidation_label(),
-                    "pyxtal_seed": pyxtal_seed,
-                    "volume_factor": self.volume_factor,
-                }
-                if plan.sites is not None:
-                    parameters["wyckoff_sites"] = " ".join(
-                        f"{el}:{','.join(sites)}"
-                        for el, sites in zip(choice.elements, plan.sites, strict=True)
-                    )
-                    parameters["combination_count"] = plan.combination_count
-                candidate = Candidate.create(
-                    structure,
-                    generator=self.name,
-                    seed=request.seed,
-                    parameters=parameters,
-                    round=request.round,
+
+        def attempt(rng: np.random.Generator) -> tuple[Structure, dict[str, Scalar]] | None:
+            plan = self._plan(rng, pool, request, priors, combos_cache)
+            pyxtal_seed = int(rng.integers(2**63))
+            structure = None if plan is None else self._build(plan, pyxtal_seed)
+            if plan is None or structure is None:
+                return None
+            choice = plan.cell.choice
+            parameters: dict[str, Scalar] = {
+                "prior": plan.prior,
+                "space_group": plan.space_group,
+                "formula": choice.formula,
+                "z": plan.cell.z,
+                "charge_balance": choice.charge_balance,
+                "oxidation_states": choice.oxidation_label(),
+                "pyxtal_seed": pyxtal_seed,
+                "volume_factor": self.volume_factor,
+            }
+            if plan.sites is not None:
+                parameters["wyckoff_sites"] = " ".join(
+                    f"{el}:{','.join(sites)}"
+                    for el, sites in zip(choice.elements, plan.sites, strict=True)
                 )
-                if candidate.id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(candidate.id)
-                out.append(candidate)
-                break
-            if timed_out:
-                break
-        why = (
-            f"the {self.timeout_s:g} s time budget ran out"
-            if timed_out
-            else f"{failures} of {attempts} attempts failed and {duplicates} were duplicates"
+                parameters["combination_count"] = plan.combination_count
+            return structure, parameters
+
+        return generate_with_budget(
+            request,
+            attempt,
+            name=self.name,
+            max_attempts_per_structure=self.max_attempts_per_structure,
+            timeout_s=self.timeout_s,
         )
-        if not out:
-            raise GenerationFailed(f"wyckoff produced no structure: {why}")
-        if len(out) < request.num_structures:
-            logger.warning(
-                "wyckoff returned %d of %d structures: %s", len(out), request.num_structures, why
-            )
-        return out
 
     # -- drawing ---------------------------------------------------------------------------
 
-    def _pool(self, request: GenerationRequest, priors: WyckoffPriors) -> _Pool:
+    def _pool(self, request: GenerationRequest, priors: WyckoffPriors) -> CellPool:
         """Every (composition, z) that fits, weighted by the learned formula and size priors."""
-        if request.min_atoms > self.max_cell_atoms:
-            raise GenerationFailed(
-                f"min_atoms={request.min_atoms!r} is beyond the {self.max_cell_atoms} atoms per "
-                "cell this generator places (set max_cell_atoms to raise it)"
-            )
-        cells: list[_Cell] = []
-        for rank, choice in enumerate(enumerate_compositions(request)):
+
+        def weigh(rank: int, choice: CompositionChoice, zs: list[int]) -> list[float]:
             anonymous = Composition(choice.formula).anonymized_formula
             count = priors.anonymous_formula_count(anonymous)
             weight = (1 + count) ** self.formula_prior_power / math.sqrt(1 + rank)
             sizes = priors.num_atoms_counts(num_elements=len(choice.elements))
-            zs = [z for z in choice.z_options if z * choice.num_atoms <= self.max_cell_atoms]
             size_weights = [1 + sizes.get(z * choice.num_atoms, 0) for z in zs]
             total = sum(size_weights)
-            cells.extend(
-                _Cell(choice, z, weight * w / total) for z, w in zip(zs, size_weights, strict=True)
-            )
-        if not cells:
-            raise GenerationFailed(
-                f"no composition fits in {self.max_cell_atoms} atoms per cell (max_cell_atoms)"
-            )
-        if request.space_groups:
-            groups = sorted(set(request.space_groups))
-            hosted = [
-                c for c in cells[:_SCANNED_CELLS] if any(_compatible(g, c.counts) for g in groups)
-            ]
-            if not hosted:
-                formulas = list(dict.fromkeys(c.choice.formula for c in cells[:_SCANNED_CELLS]))
-                shown = ", ".join(formulas[:5]) + (
-                    f" or {len(formulas) - 5} more" if len(formulas) > 5 else ""
-                )
-                raise GenerationFailed(
-                    f"space group {' or '.join(map(str, groups))} cannot host {shown} with "
-                    f"{max(request.min_atoms, 1)}-{min(request.max_atoms, self.max_cell_atoms)} "
-                    "atoms per cell"
-                )
-            cells = hosted
-        return _Pool.of(cells)
+            return [weight * w / total for w in size_weights]
+
+        cells = request_cells(
+            request, max_cell_atoms=self.max_cell_atoms, weigh=weigh, who=self.name
+        )
+        hosted = cells_by_space_group(request, cells, max_cell_atoms=self.max_cell_atoms)
+        if hosted is not None:
+            # Cells any requested group can host, in their original order.
+            keep = {id(c) for group in hosted.values() for c in group}
+            cells = [c for c in cells if id(c) in keep]
+        return CellPool.of(cells)
 
     def _plan(
         self,
         rng: np.random.Generator,
-        pool: _Pool,
+        pool: CellPool,
         request: GenerationRequest,
         priors: WyckoffPriors,
         combos_cache: dict[tuple[int, ...], list[WyckoffCombination]],
@@ -327,37 +246,9 @@ class WyckoffPriorGenerator:
 
     def _build(self, plan: _Plan, seed: int) -> Structure | None:
         """PyXtal's crystal for a plan, reduced to its primitive cell; ``None`` on failure."""
-        species, counts = plan.cell.choice.species_and_counts(plan.cell.z)
-        multiplicity = centering_multiplicity(plan.space_group)
-        crystal = pyxtal()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                crystal.from_random(
-                    3,
-                    _group(plan.space_group),
-                    species,
-                    [c * multiplicity for c in counts],
-                    factor=self.volume_factor,
-                    sites=None if plan.sites is None else [list(s) for s in plan.sites],
-                    random_state=np.random.default_rng(seed),
-                )
-                structure = crystal.to_pymatgen()
-                if not isinstance(structure, Structure):
-                    return None
-                if multiplicity > 1:
-                    structure = structure.get_primitive_structure(tolerance=0.01)
-            # RuntimeError: "long time to generate structure"; PyXtalError: compatibility and
-            # volume errors; ValueError/KeyError/IndexError: degenerate lattices, bad site labels.
-            except (RuntimeError, ValueError, KeyError, IndexError, PyXtalError) as exc:
-                logger.debug(
-                    "pyxtal failed for %s in %d: %s",
-                    plan.cell.choice.formula, plan.space_group, exc,
-                )  # fmt: skip
-                return None
-        if not isinstance(structure, Structure) or len(structure) != sum(counts):
-            return None
-        return structure
+        return build_structure(
+            plan.cell, plan.space_group, seed, volume_factor=self.volume_factor, sites=plan.sites
+        )
 
 
 def _matching_combinations(
@@ -384,7 +275,7 @@ def _site_weight(priors: WyckoffPriors, element: str, space_group: int, label: s
 
 
 def _assign_sites(
-    rng: np.random.Generator, priors: WyckoffPriors, cell: _Cell, combo: WyckoffCombination
+    rng: np.random.Generator, priors: WyckoffPriors, cell: Cell, combo: WyckoffCombination
 ) -> tuple[tuple[str, ...], ...] | None:
     """Site groups of ``combo`` per element of ``cell``, drawn by site tendencies.
 
