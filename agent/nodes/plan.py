@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hints at runtime
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
+from crystalforge.agent.nodes.retrieve import recall_for_plan
 from crystalforge.agent.state import (
     GenerationTask,
     Plan,
@@ -122,7 +123,11 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     spec = DesignSpec.model_validate(state.spec)
     memo = state.memos[-1] if state.memos else None
     round_index = state.round + 1 if state.plans else 0
+    recall: dict[str, Any] = {}
+    if memo is None and not state.plans:  # issue 9: start from what similar campaigns learned
+        memo, recall = recall_for_plan(state, runtime.context)
     return {
+        **recall,
         "plans": [
             make_plan(
                 spec,

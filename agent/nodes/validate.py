@@ -14,6 +14,7 @@ from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hint
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
 from crystalforge.agent.nodes.reflect import hit_key
+from crystalforge.agent.nodes.retrieve import memory_for
 from crystalforge.agent.resources import reference_for, store_for
 from crystalforge.agent.state import (
     CandidateSummary,
@@ -99,6 +100,8 @@ def validate(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         max_atoms=spec.max_atoms,
         relaxer=FakeEnergyValidator() if context.relaxer == "fake" else None,
         progress=lambda done, total: context.report("validate", done, total),
+        memory=memory_for(context)[0],
+        run_id=context.run_dir.name,
     )
 
     # Hits so far (earlier rounds and this one), to end the round early once there are enough.

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from crystalforge.core.candidate import Candidate
+    from crystalforge.memory.base import StructureIndex
     from crystalforge.memory.reference_data import ReferenceHull
     from crystalforge.tools.validators.base import Validator
 
@@ -241,6 +242,8 @@ def default_pipeline(
     progress: Callable[[int, int], None] | None = None,
     uncertainty: bool = True,
     properties: bool = True,
+    memory: StructureIndex | None = None,
+    run_id: str | None = None,
 ) -> ValidationPipeline:
     """The standard pipeline.
 
@@ -269,6 +272,9 @@ def default_pipeline(
             ``max_e_above_hull_ev`` when set, else 0.1 eV/atom. Only with the CHGNet relaxer
             (``relaxer=None``): a replacement relaxer's energies are not CHGNet's, so comparing
             them with CHGNet 0.2.0 would measure nothing.
+        memory: Memory store for ``novelty``: also compare with its references and the
+            candidates of earlier runs (``None``: the reference hull's structures only).
+        run_id: This run's id (its own candidates in ``memory`` are not compared).
         properties: Add the (never failing) property stage. Its CHGNet part (bulk modulus from
             an equation of state, magnetic moments) runs only with the CHGNet relaxer; with a
             replacement relaxer it computes the band gap and density only.
@@ -298,5 +304,5 @@ def default_pipeline(
             )
         )
     if novelty:
-        stages.append(NoveltyValidator(reference=reference))
+        stages.append(NoveltyValidator(reference=reference, store=memory, run_id=run_id))
     return ValidationPipeline(stages=stages, chunk_size=chunk_size, progress=progress)

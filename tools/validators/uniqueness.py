@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from crystalforge.core.candidate import Candidate
+    from crystalforge.memory.base import StructureIndex
     from crystalforge.memory.reference_data import ReferenceHull
 
 logger = logging.getLogger(__name__)
@@ -112,13 +113,22 @@ class UniquenessValidator:
 class NoveltyValidator:
     """Report whether a structure matches a known material; never fails a candidate.
 
-    Compares with :meth:`ReferenceHull.reference_structures` of the candidate's formula (the
-    ``mp_20_biternary`` and ``mpts_52`` structures, about 26k materials: smaller than the full
-    Materials Project, so novelty is over-estimated). Run it on relaxed structures.
+    Known materials are looked up through a formula index, so each candidate is matched
+    (pymatgen ``StructureMatcher``, ltol 0.2, stol 0.3, angle_tol 5) only against structures
+    with its reduced formula:
+
+    * :meth:`ReferenceHull.reference_structures` of the reference hull (offline: the
+      ``mp_20_biternary`` and ``mpts_52`` structures, about 26k materials, smaller than the
+      full Materials Project, so novelty is over-estimated);
+    * when ``store`` is given, the memory store's references and the candidates of every
+      earlier run (:meth:`StructureIndex.structures_with_formula`), except those of ``run_id``
+      (the uniqueness stage handles a run's own candidates).
+
+    Structures of one formula are fetched once per batch. Run it on relaxed structures.
 
     Verdict metrics: ``novel`` (bool; ``None`` when the structure cannot be compared),
-    ``matches_reference`` (material id or ``None``) and ``novelty_reference`` (the reference's
-    name).
+    ``matches_reference`` (material or candidate id, or ``None``), ``matches_source``
+    (``"reference"`` or ``"memory"``) and ``novelty_reference`` (what was searched).
     """
 
     reference: ReferenceHull
@@ -126,9 +136,39 @@ class NoveltyValidator:
     ltol: float = 0.2
     stol: float = 0.3
     angle_tol: float = 5.0
+    store: StructureIndex | None = None
+    """Memory store with references and earlier runs' candidates (``None``: reference only)."""
+    run_id: str | None = None
+    """This run's id, whose own candidates in the store are not compared."""
+
+    @property
+    def searched(self) -> str:
+        """What novelty is measured against, for reports."""
+        if self.store is None:
+            return self.reference.name
+        return f"{self.reference.name} + memory store (references, earlier runs)"
+
+    def _known(self, formula: str) -> list[tuple[str, str, Structure]]:
+        from pymatgen.core import Composition
+
+        from crystalforge.memory.reference_data import formula_key
+
+        found: list[tuple[str, str, Structure]] = []
+        ids: set[str] = set()
+        for known in self.reference.reference_structures(formula):
+            known_id = str(known.properties.get("material_id", "unknown"))
+            ids.add(known_id)
+            found.append((known_id, "reference", known))
+        if self.store is not None:
+            key = formula_key(Composition(formula).get_el_amt_dict())
+            for known_id, known in self.store.structures_with_formula(key, exclude_run=self.run_id):
+                if known_id not in ids:
+                    ids.add(known_id)
+                    found.append((known_id, "memory", known))
+        return found
 
     def validate(self, candidates: Sequence[Candidate]) -> list[Verdict]:
-        """Look each candidate up among the reference structures of its formula.
+        """Look each candidate up among the known structures of its formula.
 
         Args:
             candidates: Candidates to look up.
@@ -137,18 +177,21 @@ class NoveltyValidator:
             One (passing) verdict per candidate, in order.
         """
         matcher = _matcher(self.ltol, self.stol, self.angle_tol)
+        index: dict[str, list[tuple[str, str, Structure]]] = {}
         verdicts = []
         for candidate in candidates:
             structure = candidate.structure
             novel: bool | None = None
             match: str | None = None
+            source: str | None = None
             if malformed_reason(structure) is None:
                 novel = True
                 formula = structure.composition.reduced_formula
-                for known in self.reference.reference_structures(formula):
-                    if _fits(matcher, structure, known):
-                        novel = False
-                        match = str(known.properties.get("material_id", "unknown"))
+                if formula not in index:
+                    index[formula] = self._known(formula)
+                for known_id, known_source, known in index[formula]:
+                    if known_id != candidate.id and _fits(matcher, structure, known):
+                        novel, match, source = False, known_id, known_source
                         break
             verdicts.append(
                 Verdict(
@@ -158,7 +201,8 @@ class NoveltyValidator:
                     metrics={
                         "novel": novel,
                         "matches_reference": match,
-                        "novelty_reference": self.reference.name,
+                        "matches_source": source,
+                        "novelty_reference": self.searched,
                     },
                 )
             )
