@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 
 class CandidateSummary(TypedDict):
@@ -43,6 +43,22 @@ class CandidateSummary(TypedDict):
     """Ranking key, lower is better: summed distance outside the targets, then e_above_hull."""
     seconds: float
     """Validation time spent on it (relaxation), seconds."""
+    review: NotRequired[Literal["approved", "rejected"]]
+    """What a reviewer decided (set by :func:`~crystalforge.agent.nodes.review.apply_reviews`)."""
+    review_note: NotRequired[str]
+    """The reviewer's notes on it, joined."""
+
+
+class ReviewRecord(TypedDict):
+    """One reviewer decision on one candidate (the review node stores these)."""
+
+    round: int
+    id: str
+    formula: str
+    action: Literal["approve", "reject", "annotate"]
+    note: str | None
+    at: str
+    """UTC time of the decision, ISO 8601."""
 
 
 class GenerationTask(TypedDict):
@@ -122,6 +138,8 @@ class State(InputState):
     candidate_ids: Annotated[list[str], operator.add] = field(default_factory=list)
     results: Annotated[list[CandidateSummary], operator.add] = field(default_factory=list)
     memos: Annotated[list[Memo], operator.add] = field(default_factory=list)
+    reviews: Annotated[list[ReviewRecord], operator.add] = field(default_factory=list)
+    """Reviewer decisions, in the order given (the review node, with ``Context.review`` on)."""
     validator_calls: int = 0
     """CHGNet relaxations so far."""
     elapsed_s: float = 0.0

@@ -8,6 +8,7 @@ from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hint
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
 from crystalforge.agent.nodes.retrieve import record_run
+from crystalforge.agent.nodes.review import apply_reviews
 from crystalforge.agent.report import write_report
 from crystalforge.agent.resources import reference_for
 from crystalforge.agent.state import State  # noqa: TC001 - read at runtime
@@ -27,7 +28,7 @@ def report(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         reference=reference,
         reference_name=state.reference_name or reference.name,
         references=state.references,
-        results=list(state.results),
+        results=apply_reviews(list(state.results), list(state.reviews)),
         plans=list(state.plans),
         memos=list(state.memos),
         stop_reason=state.stop_reason or "finished",
