@@ -343,33 +343,19 @@ def train(
     return model, report
 
 
-def _provenance() -> dict[str, Any]:
-    """Commit, versions and time (the evals layer has its own; tools may not import it)."""
+def _provenance(checkpoint: Path) -> dict[str, Any]:
+    """Versions, time and the checkpoint's sha256.
+
+    The commit goes in the model card: tools may not import the evals layer's provenance helper,
+    and a second copy of it would drift.
+    """
     import datetime as dt
     import importlib.metadata
-    import subprocess
 
-    versions = {}
-    for package in ("crystalforge", "torch", "pymatgen", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
-        "commit": commit,
-        "versions": versions,
+        "versions": {p: importlib.metadata.version(p) for p in ("torch", "pymatgen", "numpy")},
         "utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
     }
 
 
@@ -389,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["checkpoint_bytes"] = args.out.stat().st_size
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**_provenance(), **report}, indent=2) + "\n")
+        args.json.write_text(json.dumps({**_provenance(args.out), **report}, indent=2) + "\n")
     logger.info("held-out test: %s", json.dumps(report["held_out_test"]))
     return 0
 
