@@ -130,6 +130,33 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     review.add_argument("--port", type=int, default=8765, help="Review page port (default 8765).")
 
+    data = sub.add_parser(
+        "data",
+        help="Load reference data into the memory store, or say what it holds.",
+        description=(
+            "import: read a reference data folder (layout of shared/data/README.md) into the "
+            "memory store, idempotently; info: what the store holds."
+        ),
+    )
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_import = data_sub.add_parser("import", help="Import a reference data folder.")
+    data_import.add_argument("dir", type=Path, help="The data folder, e.g. ../shared/data.")
+    data_import.add_argument(
+        "--sets",
+        help=(
+            "Comma-separated data sets (default mp_20_biternary,mpts_52,mp20_hulls; "
+            "also perov_5, carbon_24)."
+        ),
+    )
+    data_import.add_argument("--limit", type=int, help="Stop after this many rows (a quick look).")
+    data_import.add_argument(
+        "--memory-dir", type=Path, help="Memory store (default: $CRYSTALFORGE_MEMORY_DIR)."
+    )
+    data_info = data_sub.add_parser("info", help="What the memory store holds.")
+    data_info.add_argument(
+        "--memory-dir", type=Path, help="Memory store (default: $CRYSTALFORGE_MEMORY_DIR)."
+    )
+
     evaluate = sub.add_parser(
         "eval",
         help="Run an evaluation suite or benchmark and print its table.",
@@ -218,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _chat(vars(args))
         if args.command == "eval":
             return _eval(args)
+        if args.command == "data":
+            return _data(args)
     except ReviewError as exc:
         err_console.print(f"[bold red]Cannot apply the review:[/] {escape(str(exc))}")
         return EXIT_USAGE
@@ -235,6 +264,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE  # pragma: no cover - parser.error exits
+
+
+def _data(args: argparse.Namespace) -> int:
+    from crystalforge.memory.chroma import open_memory
+    from crystalforge.memory.importer import ALL_SETS, DEFAULT_SETS, count_rows, import_data_dir
+
+    store = open_memory(args.memory_dir)
+    if args.data_command == "info":
+        info = store.info()
+        table = Table(title=f"memory store {info['path']}")
+        table.add_column("collection")
+        table.add_column("entries", justify="right")
+        for name, count in info["counts"].items():
+            table.add_row(name, f"{count:,}")
+        console.print(table)
+        if info["reference_sources"]:
+            sources = Table(title="references by source")
+            sources.add_column("source")
+            sources.add_column("entries", justify="right")
+            for name, count in sorted(info["reference_sources"].items()):
+                sources.add_row(name, f"{count:,}")
+            console.print(sources)
+        else:
+            console.print("No references yet: run `crystalforge data import ../shared/data`.")
+        return EXIT_OK
+    sets = tuple(s.strip() for s in args.sets.split(",")) if args.sets else DEFAULT_SETS
+    unknown = [name for name in sets if name not in ALL_SETS]
+    if unknown:
+        err_console.print(
+            f"[bold red]Unknown data set {unknown[0]!r}[/]; expected some of {', '.join(ALL_SETS)}"
+        )
+        return EXIT_USAGE
+    totals = count_rows(args.dir, sets)  # type: ignore[arg-type]
+    total = sum(totals.values()) if args.limit is None else min(args.limit, sum(totals.values()))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("importing", total=total)
+
+        def advance(file: str, _in_file: int, done: int) -> None:
+            bar.update(task, completed=done, description=f"importing {file}")
+
+        report = import_data_dir(
+            store,
+            args.dir,
+            sets=sets,  # type: ignore[arg-type]
+            limit=args.limit,
+            progress=advance,
+        )
+    console.print(
+        f"Imported {report.added:,} references into {store.path} "
+        f"({report.existing:,} already there, {report.duplicates:,} duplicate ids, "
+        f"{len(report.bad):,} unreadable) from {report.rows:,} rows in {report.seconds:.1f} s."
+    )
+    for material_id, reason in report.bad[:10]:
+        err_console.print(f"  skipped {escape(material_id)}: {escape(reason)}")
+    if len(report.bad) > 10:
+        err_console.print(f"  ... and {len(report.bad) - 10} more (see the log with -v)")
+    return EXIT_OK
 
 
 def _design(options: dict[str, Any]) -> int:
