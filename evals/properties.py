@@ -84,7 +84,12 @@ def build_solid(key: str, a: float) -> Structure:
     raise ValueError(f"unknown structure type {kind!r} in {key!r}; expected fcc, bcc, ...")
 
 
-def _band_gap_rows(options: SuiteOptions) -> tuple[list[dict[str, Scalar]], dict[str, Any]]:
+def band_gap_rows(options: SuiteOptions) -> tuple[list[dict[str, Scalar]], dict[str, Any]]:
+    """Band-gap table rows (ours, then the two baselines) and metadata; see the module docstring.
+
+    Raises:
+        DataError: no offline data.
+    """
     from crystalforge.tools.validators.band_gap import featurize, load_band_gap_model
     from crystalforge.tools.validators.train_band_gap import gap_metrics, test_rows, training_rows
 
@@ -193,7 +198,7 @@ def run(options: SuiteOptions) -> SuiteResult:
     Raises:
         DataError: no offline data.
     """
-    rows, meta = _band_gap_rows(options)
+    rows, meta = band_gap_rows(options)
     notes = [
         "Band gap: held-out mp_20_biternary/test rows, DFT (GGA/GGA+U) labels; the model sees "
         "the composition only (polymorphs share a prediction). Published MEGNet: 0.31 eV MAE "
