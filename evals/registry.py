@@ -28,6 +28,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "crystalforge.evals.hull_accuracy",
         "CHGNet energy above hull vs held-out DFT: MAE and stable/unstable precision, recall, F1",
     ),
+    "memory": (
+        "crystalforge.evals.memory",
+        "memory store: ingest time, query latency p50/p95 at 1x and 10x, novelty-check time",
+    ),
     "properties": (
         "crystalforge.evals.properties",
         "band-gap MAE on held-out rows (ours vs baselines), CHGNet EOS bulk modulus vs experiment",
