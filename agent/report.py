@@ -147,6 +147,10 @@ def write_report(
     elapsed_s: float,
     notes: list[str] | None = None,
     llm_tokens: int = 0,
+    llm_seconds: float = 0.0,
+    llm_calls: int = 0,
+    final_answer: str | None = None,
+    gate_notes: list[str] | None = None,
 ) -> RunOutcome:
     """Write every output file of a run and return what it found."""
     store = RunStore(run_dir)
@@ -212,6 +216,10 @@ def write_report(
             figures=figures,
             notes=notes or [],
             llm_tokens=llm_tokens,
+            llm_seconds=llm_seconds,
+            llm_calls=llm_calls,
+            final_answer=final_answer,
+            gate_notes=gate_notes or [],
         )
     )
     return RunOutcome(
@@ -241,6 +249,10 @@ def _markdown(
     figures: list[str],
     notes: list[str],
     llm_tokens: int,
+    llm_seconds: float = 0.0,
+    llm_calls: int = 0,
+    final_answer: str | None = None,
+    gate_notes: list[str] | None = None,
 ) -> str:
     lines = ["# crystalforge design report", "", f"**Request:** {request or '(compiled spec)'}", ""]
     lines += ["## Compiled spec", ""] + [f"- {line}" for line in spec.describe()] + [""]
@@ -269,11 +281,18 @@ def _markdown(
         f"- distinct candidates meeting every hard constraint: {len(hits)} "
         f"(wanted {spec.num_candidates})",
         f"- validated structures: {len(rows)}; CHGNet relaxations: {validator_calls}; "
-        f"working time: {elapsed_s:.0f} s; LLM tokens: {llm_tokens}",
+        f"working time: {elapsed_s:.0f} s; LLM tokens: {llm_tokens}; LLM calls: {llm_calls}; "
+        f"LLM latency: {llm_seconds:.1f} s",
         f"- per hit: {_per_hit(validator_calls, len(hits))} relaxations, "
-        f"{_per_hit(elapsed_s, len(hits))} s, {_per_hit(llm_tokens, len(hits))} LLM tokens",
+        f"{_per_hit(elapsed_s, len(hits))} s, {_per_hit(llm_tokens, len(hits))} LLM tokens, "
+        f"{_per_hit(llm_seconds, len(hits), digits=1)} s of LLM latency",
         "",
     ]
+    if final_answer:
+        lines += ["## Answer", "", final_answer, ""]
+        lines += [f"_{note}_" for note in gate_notes or []]
+        if gate_notes:
+            lines.append("")
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     lines += ["## Ranked candidates", ""]
@@ -323,8 +342,8 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _per_hit(total: float, hits: int) -> str:
-    return f"{total / hits:.0f}" if hits else "n/a (no hit)"
+def _per_hit(total: float, hits: int, *, digits: int = 0) -> str:
+    return f"{total / hits:.{digits}f}" if hits else "n/a (no hit)"
 
 
 def _figures(

@@ -73,6 +73,12 @@ class GenerationTask(TypedDict):
     """Space groups to focus on (empty: the spec's, or any)."""
     purpose: str
     """Why: "explore" the spec's space, or "exploit" what worked."""
+    parents: NotRequired[list[str]]
+    """Candidate ids to substitute into or mutate (the best near-misses), when any."""
+    max_atoms: NotRequired[int]
+    """A tighter atoms-per-cell limit than the spec's, when the reflection asked for one."""
+    elements: NotRequired[list[str]]
+    """A narrower element pool than the spec's (restricting the chemical system), when any."""
 
 
 class Plan(TypedDict):
@@ -106,6 +112,18 @@ class Memo(TypedDict):
     focus_compositions: list[str]
     focus_space_groups: list[int]
     stop_reason: str | None
+    prefer_generator: NotRequired[str | None]
+    """The family with the best yield this round: it gets the exploit share."""
+    avoid_generators: NotRequired[list[str]]
+    """Families whose every structure this round was rejected before relaxation."""
+    parents: NotRequired[list[str]]
+    """Near-miss candidate ids to substitute into next round."""
+    max_atoms: NotRequired[int | None]
+    """Atoms-per-cell limit for the next round when larger cells kept failing."""
+    focus_elements: NotRequired[list[str]]
+    """Elements the near-misses use: the next round's narrower pool (open element pools only)."""
+    source: NotRequired[str]
+    """``rules`` or ``llm``: who wrote the memo."""
 
 
 @dataclass
@@ -120,6 +138,10 @@ class InputState:
     """Remarks for the report (how the request was compiled, disagreements, fallbacks)."""
     llm_tokens: int = 0
     """LLM tokens spent so far (0 with the embedded planner)."""
+    llm_seconds: float = 0.0
+    """Summed LLM latency so far, seconds."""
+    llm_calls: int = 0
+    """LLM requests so far."""
 
 
 @dataclass
@@ -145,6 +167,8 @@ class State(InputState):
     elapsed_s: float = 0.0
     """Working time so far (generation and validation), excluding time the run was stopped."""
     stop_reason: str | None = None
+    final_answer: str | None = None
+    """The answer to the request (LLM-written and provenance-gated, or composed by rules)."""
     report_path: str | None = None
     recalled: list[dict[str, Any]] = field(default_factory=list)
     """Earlier campaigns with a similar spec, recalled from the memory store before round 0."""

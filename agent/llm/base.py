@@ -127,6 +127,7 @@ class LLMBackend(Protocol):
         *,
         tools: Sequence[ToolSpec] = (),
         json_output: bool = False,
+        stream: bool = False,
     ) -> Completion:
         """One completion.
 
@@ -134,5 +135,7 @@ class LLMBackend(Protocol):
             messages: The conversation so far.
             tools: Tools the model may call.
             json_output: Ask for a JSON object as the text (for models without tool calling).
+            stream: Receive the answer as server-sent events (assembled into one completion);
+                backends without streaming ignore it.
         """
         ...

@@ -12,14 +12,14 @@ The request text is data: the system prompt says so, and only the tool's argumen
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crystalforge.agent.llm.base import LLMError, Message, ToolSpec, ToolsUnsupported
+from crystalforge.agent.llm.base import LLMError, Message, ToolSpec
+from crystalforge.agent.llm.structured import StructuredAnswerFailed, ask_structured, short_error
 from crystalforge.agent.request_parser import parse_request
 from crystalforge.core.errors import ClarificationNeeded, RequestError
 from crystalforge.core.spec import (
@@ -32,7 +32,7 @@ from crystalforge.core.spec import (
 )
 
 if TYPE_CHECKING:
-    from crystalforge.agent.llm.base import Completion, LLMBackend
+    from crystalforge.agent.llm.base import LLMBackend
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class CompiledRequest:
     """Disagreements with the parser, repairs, fallbacks: shown in the report."""
     tokens: int = 0
     llm_seconds: float = 0.0
+    calls: int = 0
+    """LLM requests made."""
 
 
 def compile_with_llm(backend: LLMBackend, request: str) -> CompiledRequest:
@@ -116,72 +118,36 @@ def compile_with_llm(backend: LLMBackend, request: str) -> CompiledRequest:
         Message(role="system", content=SYSTEM_PROMPT),
         Message(role="user", content=request),
     ]
-    tokens = 0
-    seconds = 0.0
-    use_tools = True
-    last_error = ""
-    for attempt in range(2):
-        try:
-            completion = _ask(backend, messages, tool, use_tools=use_tools)
-        except ToolsUnsupported:
-            use_tools = False
-            completion = _ask(backend, messages, tool, use_tools=False)
-        except LLMError as exc:
-            if parsed is None:
-                assert parser_error is not None
-                raise parser_error from None
-            return CompiledRequest(
-                spec=parsed, source="parser (fallback)", notes=[f"LLM unavailable: {exc}"]
-            )
-        tokens += completion.usage.total
-        seconds += completion.latency_s
-        arguments, reply_to = _arguments(completion, use_tools=use_tools)
-        try:
-            spec = _to_spec(arguments, request, parsed)
-        except (ValueError, ValidationError) as exc:
-            last_error = _short(exc)
-            logger.info("model spec invalid (attempt %d): %s", attempt + 1, last_error)
-            messages = [*messages, *_repair_messages(completion, reply_to, last_error)]
-            continue
-        notes = _cross_check(spec, parsed, parser_error)
-        source = "llm" if attempt == 0 else "llm (repaired)"
-        if attempt:
-            notes.insert(0, f"the model's first spec was invalid ({last_error}); repaired")
-        return CompiledRequest(
-            spec=spec, source=source, notes=notes, tokens=tokens, llm_seconds=seconds
+    try:
+        answer = ask_structured(
+            backend, messages, tool, lambda arguments: _to_spec(arguments, request, parsed)
         )
-    raise RequestError(
-        f"the model could not produce a valid design spec after one repair round: {last_error}"
+    except StructuredAnswerFailed as exc:
+        raise RequestError(
+            f"the model could not produce a valid design spec after one repair round: "
+            f"{str(exc).split(': ', 1)[-1]}"
+        ) from None
+    except LLMError as exc:
+        if parsed is None:
+            assert parser_error is not None
+            raise parser_error from None
+        return CompiledRequest(
+            spec=parsed, source="parser (fallback)", notes=[f"LLM unavailable: {exc}"]
+        )
+    notes = _cross_check(answer.value, parsed, parser_error)
+    if answer.repaired:
+        notes.insert(0, f"the model's first spec was invalid ({answer.first_error}); repaired")
+    return CompiledRequest(
+        spec=answer.value,
+        source="llm (repaired)" if answer.repaired else "llm",
+        notes=notes,
+        tokens=answer.tokens,
+        llm_seconds=answer.seconds,
+        calls=answer.calls,
     )
-
-
-def _ask(
-    backend: LLMBackend, messages: list[Message], tool: ToolSpec, *, use_tools: bool
-) -> Completion:
-    if use_tools:
-        return backend.complete(messages, tools=[tool])
-    schema = json.dumps(tool.parameters)
-    prompt = Message(
-        role="system",
-        content=f"Answer with one JSON object only, matching this JSON schema: {schema}",
-    )
-    return backend.complete([*messages, prompt], json_output=True)
-
-
-def _arguments(completion: Completion, *, use_tools: bool) -> tuple[str, str | None]:
-    """The JSON the model submitted and the tool-call id to answer (``None`` for text)."""
-    if use_tools:
-        for call in completion.tool_calls:
-            if call.name == TOOL_NAME:
-                return call.arguments, call.id
-        if not completion.text:
-            return "", None
-    return completion.text or "", None
 
 
 def _to_spec(arguments: str, request: str, parsed: DesignSpec | None) -> DesignSpec:
-    if not arguments.strip():
-        raise ValueError(f"no {TOOL_NAME} call and no JSON in the answer")
     draft = SpecDraft.model_validate_json(arguments)
     targets = tuple(
         PropertyTarget(name=t.name, min=t.min, max=t.max, hard=t.hard, source="llm")
@@ -207,17 +173,7 @@ def _to_spec(arguments: str, request: str, parsed: DesignSpec | None) -> DesignS
             budget=parsed.budget if parsed is not None else Budget(),
         )
     except ValidationError as exc:
-        raise ValueError(_short(exc)) from None
-
-
-def _repair_messages(completion: Completion, reply_to: str | None, error: str) -> list[Message]:
-    text = f"That spec is invalid: {error}. Call {TOOL_NAME} again with corrected arguments."
-    assistant = Message(
-        role="assistant", content=completion.text or "", tool_calls=completion.tool_calls
-    )
-    if reply_to is not None:
-        return [assistant, Message(role="tool", tool_call_id=reply_to, content=text)]
-    return [assistant, Message(role="user", content=text)]
+        raise ValueError(short_error(exc)) from None
 
 
 def _cross_check(
@@ -240,11 +196,3 @@ def _cross_check(
                 f"parser {parser_targets.get(name)!r} (model's used)"
             )
     return notes
-
-
-def _short(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
-    return str(exc)

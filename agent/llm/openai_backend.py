@@ -69,6 +69,7 @@ class OpenAIBackend:
         *,
         tools: Sequence[ToolSpec] = (),
         json_output: bool = False,
+        stream: bool = False,
     ) -> Completion:
         """One chat completion (see :class:`~crystalforge.agent.llm.base.LLMBackend`)."""
         check_allow_llm_requests()
@@ -92,7 +93,12 @@ class OpenAIBackend:
         if json_output:
             kwargs["response_format"] = {"type": "json_object"}
         started = time.perf_counter()
+        if stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
         try:
+            if stream:
+                return self._streamed(kwargs, started)
             response = self._openai().chat.completions.create(**kwargs)
         except openai.BadRequestError as exc:
             if tools:
@@ -118,6 +124,36 @@ class OpenAIBackend:
                 completion_tokens=usage.completion_tokens if usage else 0,
             ),
             latency_s=latency,
+        )
+
+    def _streamed(self, kwargs: dict[str, Any], started: float) -> Completion:
+        """Assemble a streamed answer: text deltas, tool-call deltas by index, final usage."""
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        prompt_tokens = completion_tokens = 0
+        for chunk in self._openai().chat.completions.create(**kwargs):
+            if chunk.usage is not None:
+                prompt_tokens = chunk.usage.prompt_tokens
+                completion_tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                delta = choice.delta
+                if delta.content:
+                    text.append(delta.content)
+                for part in delta.tool_calls or []:
+                    call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                    if part.id:
+                        call["id"] = part.id
+                    if part.function is not None:
+                        call["name"] += part.function.name or ""
+                        call["arguments"] += part.function.arguments or ""
+        return Completion(
+            text="".join(text) if text else None,
+            tool_calls=tuple(
+                ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"])
+                for i, c in sorted(calls.items())
+            ),
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+            latency_s=time.perf_counter() - started,
         )
 
 

@@ -58,8 +58,10 @@ class ScriptedLLM:
         *,
         tools: Sequence[ToolSpec] = (),
         json_output: bool = False,
+        stream: bool = False,
     ) -> Completion:
         """The next queued completion; ``AssertionError`` when the script ran out."""
+        del stream  # a scripted answer arrives whole either way
         self.calls.append((tuple(messages), tuple(tools), json_output))
         assert self.queue, "ScriptedLLM ran out of scripted completions"
         return self.queue.popleft()

@@ -20,21 +20,40 @@ from crystalforge.generators.registry import load_generator
 if TYPE_CHECKING:
     from crystalforge.agent.state import GenerationTask
     from crystalforge.core.candidate import Candidate
+    from crystalforge.memory.run_store import RunStore
 
 logger = logging.getLogger(__name__)
 
 
 def task_request(
-    spec: DesignSpec, task: GenerationTask, *, seed: int, round_index: int
+    spec: DesignSpec,
+    task: GenerationTask,
+    *,
+    seed: int,
+    round_index: int,
+    store: RunStore | None = None,
 ) -> GenerationRequest:
-    """The generator request of one task: the spec's space, narrowed by the task's focus."""
+    """The generator request of one task: the spec's space, narrowed by the task's focus.
+
+    A task's ``parents`` (candidate ids) become the request's parent structures (the relaxed
+    ones where stored), its ``max_atoms`` and ``elements`` narrow the spec's limits.
+    """
     request = GenerationRequest.from_spec(
         spec, num_structures=task["num_structures"], seed=seed, round=round_index
     )
+    parents = []
+    if store is not None:
+        for candidate_id in task.get("parents", []):
+            if store.has_result(candidate_id):
+                parents.append(store.load_result(candidate_id).candidate.structure)
+    elements = tuple(task.get("elements", ())) or request.elements
     return dataclasses.replace(
         request,
         compositions=tuple(task["compositions"]),
         space_groups=tuple(task["space_groups"]) or request.space_groups,
+        max_atoms=min(task.get("max_atoms", request.max_atoms), request.max_atoms),
+        elements=elements,
+        parents=tuple(parents),
     )
 
 
@@ -55,7 +74,9 @@ def generate(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     seen = set(state.candidate_ids)
     for i, task in enumerate(plan["tasks"]):
         generator = load_generator(task["generator"])
-        request = task_request(spec, task, seed=plan["seed"] + i, round_index=plan["round"])
+        request = task_request(
+            spec, task, seed=plan["seed"] + i, round_index=plan["round"], store=store
+        )
         runtime.context.report(f"generate ({task['generator']})", 0, task["num_structures"])
         try:
             candidates = generator.generate(request)

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hints at runtime
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
-from crystalforge.agent.nodes.retrieve import recall_for_plan
+from crystalforge.agent.llm.base import LLMError, Message, ToolSpec
+from crystalforge.agent.llm.factory import backend_for
+from crystalforge.agent.llm.structured import ask_structured
+from crystalforge.agent.prompts import PLANNER_SYSTEM, neutralise, quote_data
 from crystalforge.agent.state import (
     GenerationTask,
     Plan,
@@ -16,9 +19,16 @@ from crystalforge.agent.state import (
 )
 from crystalforge.core.spec import DesignSpec
 from crystalforge.generators.router import FamilyYield, Router
+from crystalforge.tools.generate import ROUND_PLAN_TOOL, CheckedPlan, check_round_plan
+from crystalforge.tools.validate import candidate_facts
 
 if TYPE_CHECKING:
-    from crystalforge.agent.state import Memo
+    from crystalforge.agent.llm.base import LLMBackend
+    from crystalforge.agent.llm.structured import StructuredAnswer
+    from crystalforge.agent.state import CandidateSummary, Memo
+
+SUBSTITUTION = "substitution"
+"""The generator that substitutes into parent structures (near-misses, references)."""
 
 EXPLOIT_SHARE = 0.5
 """Share of a round's samples spent on compositions and space groups that worked before."""
@@ -68,30 +78,66 @@ def make_plan(
     if spec.space_groups:
         # The spec fixes the groups; a memo may only narrow them.
         focus_space_groups = [g for g in focus_space_groups if g in spec.space_groups]
+    prefer = memo.get("prefer_generator") if memo else None
+    avoid = set(memo.get("avoid_generators", [])) if memo else set()
+    parents = list(memo.get("parents", [])) if memo else []
+    max_atoms = (memo.get("max_atoms") if memo else None) or spec.max_atoms
+    max_atoms = max(spec.min_atoms, min(max_atoms, spec.max_atoms))
+    elements = list(memo.get("focus_elements", [])) if memo else []
+    exploiter = prefer if prefer in generators and prefer not in avoid else generators[0]
+    narrowing: dict[str, Any] = {}
+    if max_atoms < spec.max_atoms:
+        narrowing["max_atoms"] = max_atoms
+        rationale.append(f"atoms per cell capped at {max_atoms} (spec: {spec.max_atoms})")
+    if elements:
+        narrowing["elements"] = elements
+        rationale.append("element pool restricted to " + "-".join(elements))
     tasks: list[GenerationTask] = []
     exploit = 0
-    if focus_compositions or focus_space_groups:
+    if focus_compositions or focus_space_groups or parents:
         exploit = max(1, round(samples * EXPLOIT_SHARE))
-        tasks.append(
-            GenerationTask(
-                generator=generators[0],
-                num_structures=exploit,
-                compositions=focus_compositions,
-                space_groups=focus_space_groups,
-                purpose="exploit",
+        substitute = 0
+        if parents and SUBSTITUTION in generators and SUBSTITUTION not in avoid:
+            substitute = exploit if exploiter == SUBSTITUTION else max(1, exploit // 2)
+            tasks.append(
+                GenerationTask(
+                    generator=SUBSTITUTION,
+                    num_structures=substitute,
+                    compositions=focus_compositions,
+                    space_groups=focus_space_groups,
+                    purpose="exploit",
+                    parents=parents,
+                    **narrowing,  # type: ignore[typeddict-item]
+                )
             )
-        )
-        rationale.append(
-            f"{exploit} of {samples} samples on what came closest: "
-            f"{', '.join(focus_compositions) or 'any composition'}"
-            + (f" in space groups {focus_space_groups}" if focus_space_groups else "")
-        )
+            rationale.append(
+                f"{substitute} samples substitute into the near-misses {', '.join(parents)}"
+            )
+        if exploit - substitute > 0:
+            tasks.append(
+                GenerationTask(
+                    generator=exploiter,
+                    num_structures=exploit - substitute,
+                    compositions=focus_compositions,
+                    space_groups=focus_space_groups,
+                    purpose="exploit",
+                    **narrowing,  # type: ignore[typeddict-item]
+                )
+            )
+            rationale.append(
+                f"{exploit - substitute} of {samples} samples to {exploiter} on what came "
+                f"closest: {', '.join(focus_compositions) or 'any composition'}"
+                + (f" in space groups {focus_space_groups}" if focus_space_groups else "")
+            )
     explore = samples - exploit
     if explore > 0:
+        explorers = [g for g in generators if g not in avoid] or generators
+        if avoid & set(generators) and explorers != generators:
+            rationale.append(f"no samples for {', '.join(sorted(avoid))} (all rejected last round)")
         allocation = Router().allocate(
-            explore, generators, history, seed=round_seed(context.seed, round_index)
+            explore, explorers, history, seed=round_seed(context.seed, round_index)
         )
-        for name in generators:
+        for name in explorers:
             n = allocation.samples.get(name, 0)
             if n:
                 tasks.append(
@@ -101,41 +147,161 @@ def make_plan(
                         compositions=[],
                         space_groups=list(spec.space_groups),
                         purpose="explore",
+                        **narrowing,  # type: ignore[typeddict-item]
                     )
                 )
-        rationale.append(f"{explore} samples explore the whole space of the spec")
-        if len(generators) > 1:
+        rationale.append(f"{explore} samples explore the space of the spec")
+        if len(explorers) > 1:
             rationale.append(f"router: {allocation.rationale}")
     if memo:
-        rationale.extend(memo["changes"])
+        rationale.extend(neutralise(change) for change in memo["changes"])
     return Plan(
         round=round_index,
         seed=round_seed(context.seed, round_index),
         tasks=tasks,
-        max_atoms=spec.max_atoms,
+        max_atoms=max_atoms,
         rationale=rationale,
     )
 
 
+def llm_plan(
+    backend: LLMBackend,
+    spec: DesignSpec,
+    memo: Memo | None,
+    rules: Plan,
+    *,
+    context: Context,
+    results: list[CandidateSummary],
+    references: list[dict[str, Any]],
+    history: list[FamilyYield],
+) -> tuple[Plan, StructuredAnswer[CheckedPlan] | None, str | None]:
+    """The model's plan of the round, checked and clamped; the rule plan on failure.
+
+    The model sees the spec, the budgets, the available generators, their yields, the last
+    memo, the near-misses and the reference phases (all retrieved text quoted as data) and the
+    rule plan as a suggestion. Its plan must pass :func:`~crystalforge.tools.generate.
+    check_round_plan`; one repair round, then the rule plan with a note.
+
+    Returns:
+        The plan, the model's answer (``None`` on failure) and a note when it fell back.
+    """
+    samples = spec.budget.samples_per_round
+    passed = sorted((r for r in results if r["passed"]), key=lambda r: r["score"])[:8]
+    facts = [
+        f"Request: {spec.request}",
+        "Spec: " + "; ".join(spec.describe()),
+        f"Round {rules['round']}; sample budget this round: {samples} structures in total.",
+        f"Available generators: {', '.join(context.generators)}.",
+        quote_data(
+            "generator yields so far",
+            [
+                {"generator": y.family, "round": y.round, "samples": y.samples, "hits": y.survivors}
+                for y in history
+            ],
+        ),
+        quote_data("last reflection memo", dict(memo) if memo else None),
+        quote_data("best validated candidates", [candidate_facts(r) for r in passed]),
+        quote_data(
+            "reference phases",
+            [
+                {k: p.get(k) for k in ("material_id", "formula", "e_above_hull")}
+                for p in references[:10]
+            ],
+        ),
+        quote_data("rule-based plan (a suggestion)", {"tasks": rules["tasks"]}),
+    ]
+    messages = [
+        Message(role="system", content=PLANNER_SYSTEM.format(tool=ROUND_PLAN_TOOL.name)),
+        Message(role="user", content="\n\n".join(facts)),
+    ]
+    tool = ToolSpec(
+        name=ROUND_PLAN_TOOL.name,
+        description=ROUND_PLAN_TOOL.description,
+        parameters=ROUND_PLAN_TOOL.parameters,
+    )
+    ids = {r["id"] for r in results}
+    try:
+        answer = ask_structured(
+            backend,
+            messages,
+            tool,
+            lambda arguments: check_round_plan(
+                arguments,
+                spec=spec,
+                available=context.generators,
+                samples=samples,
+                candidate_ids=ids,
+            ),
+        )
+    except LLMError as exc:
+        note = f"round {rules['round']}: LLM plan rejected or unavailable ({exc}); rule plan used"
+        return rules, None, note
+    checked = answer.value
+    tasks: list[GenerationTask] = []
+    for t in checked.tasks:
+        task = GenerationTask(
+            generator=t.generator,
+            num_structures=t.num_structures,
+            compositions=list(t.compositions),
+            space_groups=list(t.space_groups) or list(spec.space_groups),
+            purpose=t.purpose if t.purpose in ("explore", "exploit") else "explore",
+        )
+        if t.parents:
+            task["parents"] = list(t.parents)
+        if t.max_atoms is not None and t.max_atoms < spec.max_atoms:
+            task["max_atoms"] = t.max_atoms
+        tasks.append(task)
+    rationale = [f"planned by {backend.model}" + (" (repaired)" if answer.repaired else "")]
+    rationale += [neutralise(line) for line in checked.rationale]
+    rationale += checked.notes
+    if checked.references:
+        rationale.append("references asked for: " + ", ".join(checked.references[:10]))
+    plan_ = Plan(
+        round=rules["round"],
+        seed=rules["seed"],
+        tasks=tasks,
+        max_atoms=max((t.get("max_atoms", spec.max_atoms) for t in tasks), default=spec.max_atoms),
+        rationale=rationale,
+    )
+    return plan_, answer, None
+
+
 def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Write the plan of the next round into the state."""
+    """Write the plan of the next round into the state.
+
+    The rule plan is always computed: it is the embedded planner, the LLM's suggestion and its
+    fallback. With ``llm="openai"`` the model plans within the checks of ``check_round_plan``.
+    """
     assert state.spec is not None, "understand runs before plan"
     spec = DesignSpec.model_validate(state.spec)
     memo = state.memos[-1] if state.memos else None
     round_index = state.round + 1 if state.plans else 0
-    recall: dict[str, Any] = {}
-    if memo is None and not state.plans:  # issue 9: start from what similar campaigns learned
-        memo, recall = recall_for_plan(state, runtime.context)
-    return {
-        **recall,
-        "plans": [
-            make_plan(
+    history = yield_history(list(state.memos))
+    context = runtime.context
+    chosen = make_plan(spec, memo, round_index=round_index, context=context, history=history)
+    update: dict[str, Any] = {"round": round_index}
+    backend = backend_for(context)
+    if backend is not None:
+        if state.llm_tokens >= spec.budget.max_llm_tokens:
+            update["notes"] = [
+                f"round {round_index}: LLM token budget spent ({state.llm_tokens}); rule plan used"
+            ]
+        else:
+            chosen, answer, note = llm_plan(
+                backend,
                 spec,
                 memo,
-                round_index=round_index,
-                context=runtime.context,
-                history=yield_history(list(state.memos)),
+                chosen,
+                context=context,
+                results=list(state.results),
+                references=list(state.references),
+                history=history,
             )
-        ],
-        "round": round_index,
-    }
+            if note:
+                update["notes"] = [note]
+            if answer is not None:
+                update["llm_tokens"] = state.llm_tokens + answer.tokens
+                update["llm_seconds"] = state.llm_seconds + answer.seconds
+                update["llm_calls"] = state.llm_calls + answer.calls
+    update["plans"] = [chosen]
+    return update

@@ -8,10 +8,9 @@ from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hint
 
 from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
 from crystalforge.agent.llm.compile_spec import compile_with_llm
-from crystalforge.agent.llm.openai_backend import OpenAIBackend
+from crystalforge.agent.llm.factory import backend_for
 from crystalforge.agent.request_parser import parse_request
 from crystalforge.agent.state import State  # noqa: TC001 - read at runtime
-from crystalforge.core.settings import Settings
 from crystalforge.core.spec import DesignSpec
 
 
@@ -26,18 +25,15 @@ def understand(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """
     if state.spec:
         return {"spec": DesignSpec.model_validate(state.spec).model_dump(mode="json")}
-    context = runtime.context
-    if context.llm == "openai":
-        backend = OpenAIBackend(
-            model_name=context.llm_model,
-            base_url=context.llm_base_url,
-            api_key=Settings().openai_api_key,
-        )
+    backend = backend_for(runtime.context)
+    if backend is not None:
         compiled = compile_with_llm(backend, state.request)
         return {
             "spec": compiled.spec.model_dump(mode="json"),
             "notes": [f"request compiled by {compiled.source}", *compiled.notes],
             "llm_tokens": state.llm_tokens + compiled.tokens,
+            "llm_seconds": state.llm_seconds + compiled.llm_seconds,
+            "llm_calls": state.llm_calls + compiled.calls,
         }
     spec = parse_request(state.request)
     return {"spec": spec.model_dump(mode="json"), "notes": ["request compiled by the parser"]}
