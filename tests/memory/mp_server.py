@@ -44,8 +44,16 @@ def li_o_docs() -> list[dict]:
     li2o2 = Structure(
         Lattice.hexagonal(3.14, 7.65),
         ["Li"] * 4 + ["O"] * 4,
-        [[0, 0, 0], [0, 0, 0.5], [1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75],
-         [1 / 3, 2 / 3, 0.85], [1 / 3, 2 / 3, 0.65], [2 / 3, 1 / 3, 0.15], [2 / 3, 1 / 3, 0.35]],
+        [
+            [0, 0, 0],
+            [0, 0, 0.5],
+            [1 / 3, 2 / 3, 0.25],
+            [2 / 3, 1 / 3, 0.75],
+            [1 / 3, 2 / 3, 0.85],
+            [1 / 3, 2 / 3, 0.65],
+            [2 / 3, 1 / 3, 0.15],
+            [2 / 3, 1 / 3, 0.35],
+        ],
     )
     return [
         _doc("mp-135", li, -1.909, 0.0, 0.0, 0.0, 229),
@@ -68,14 +76,21 @@ class MPServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 url = urlparse(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 owner.requests.append(
                     {"path": url.path, "query": query, "api_key": self.headers.get("x-api-key")}
                 )
                 if url.path.rstrip("/").endswith("heartbeat"):
-                    return self._send(200, {"db_version": "2025.09.25", "version": "0.87.3", "access_controlled_batch_ids": []})
+                    return self._send(
+                        200,
+                        {
+                            "db_version": "2025.09.25",
+                            "version": "0.87.3",
+                            "access_controlled_batch_ids": [],
+                        },
+                    )
                 if "/materials/summary" in url.path:
                     if owner.fail_summary:
                         return self._send(500, {"detail": "internal error"})

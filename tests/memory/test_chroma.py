@@ -46,8 +46,10 @@ def test_collections_use_our_embeddings_never_the_onnx_default(store, monkeypatc
     got = references.get(ids=["x"], include=["embeddings"])
     assert np.allclose(got["embeddings"][0], embed_record(record), atol=1e-6)
     for name in ("references", "candidates", "campaigns", "reviews"):
-        assert store.collection(name).configuration_json["embedding_function"]["name"].startswith(
-            "crystalforge-"
+        assert (
+            store.collection(name)
+            .configuration_json["embedding_function"]["name"]
+            .startswith("crystalforge-")
         )
 
 
@@ -68,7 +70,8 @@ def test_references_are_idempotent_by_id_and_searchable(store):
     )
     assert store.search_references(chemsys="Mg-O", ranges={"band_gap": (4.8, None)}) == []
     [(found_id, found)] = store.structures_with_formula("Cl1Na1")
-    assert found_id == "mp-22862" and found.composition.reduced_formula == "NaCl"
+    assert found_id == "mp-22862"
+    assert found.composition.reduced_formula == "NaCl"
     near = store.similar_structures(rocksalt(5.7), k=3)
     assert near[0]["id"] == "mp-22862"
     assert store.info()["counts"]["references"] == 3
@@ -76,7 +79,9 @@ def test_references_are_idempotent_by_id_and_searchable(store):
 
 def test_candidates_campaigns_and_reviews(store):
     candidate = Candidate.create(rocksalt(5.6), generator="fake", seed=1)
-    verdicts = [Verdict(candidate_id=candidate.id, validator="hull", passed=False, reason="too high")]
+    verdicts = [
+        Verdict(candidate_id=candidate.id, validator="hull", passed=False, reason="too high")
+    ]
     store.add_candidates("run-a", [{"candidate": candidate, "verdicts": verdicts, "passed": False,
                                     "failed_stage": "hull"}])  # fmt: skip
     assert [i for i, _ in store.structures_with_formula("Cl1Na1")] == [candidate.id]

@@ -35,7 +35,8 @@ def zincblende(a: float, cation: str = "Na", anion: str = "Cl") -> Structure:
 def test_composition_vector_is_fractions_over_94_elements():
     v = composition_vector({"Li": 2, "O": 1})
     assert v.shape == (94,)
-    assert v[2] == pytest.approx(2 / 3) and v[7] == pytest.approx(1 / 3)
+    assert v[2] == pytest.approx(2 / 3)
+    assert v[7] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="Xx"):
         composition_vector({"Xx": 1})
 
@@ -44,7 +45,9 @@ def test_fingerprint_is_invariant_to_scale_supercell_and_site_order():
     base = rocksalt(5.64)
     fp = structure_fingerprint(base.lattice.matrix, base.frac_coords)
     scaled = rocksalt(6.2)
-    assert np.allclose(fp[:20], structure_fingerprint(scaled.lattice.matrix, scaled.frac_coords)[:20])
+    assert np.allclose(
+        fp[:20], structure_fingerprint(scaled.lattice.matrix, scaled.frac_coords)[:20]
+    )
     sup = base.copy()
     sup.make_supercell([1, 1, 2])
     fp_sup = structure_fingerprint(sup.lattice.matrix, sup.frac_coords)
