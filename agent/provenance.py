@@ -3,8 +3,8 @@
 :func:`collect_numbers` gathers every number in the run's state and tool results (energies,
 counts, budgets, ids excluded). :func:`gate` finds the numbers in an answer and checks each
 against that set, tolerant of rounding (a number written with ``d`` decimals matches a source
-within half a unit of its last digit), of sign (``-0.12`` and "0.12 below"), and of unit changes
-(eV <-> meV, a fraction <-> per cent, seconds <-> minutes or hours). A number that matches
+within half a unit of its last digit), of sign (``-0.12`` and "0.12 below"), and of the unit
+written after it (meV for an eV value, per cent for a fraction, minutes or hours for seconds). A number that matches
 nothing is flagged in place (or removed) and listed, so the report says what was not backed.
 
 Identifiers are not numbers: candidate ids (``c-0a1b...``), material ids (``mp-1234``), formulae
@@ -20,9 +20,15 @@ from typing import Any, Literal
 
 GateMode = Literal["flag", "remove"]
 
-UNIT_FACTORS = (1.0, 1000.0, 0.001, 100.0, 0.01, 1 / 60, 60.0, 1 / 3600)
-"""Source value x factor = written value: same unit, eV->meV, meV->eV, fraction->%, %->fraction,
-s->min, min->s, s->h."""
+UNIT_FACTORS: tuple[tuple[re.Pattern[str], tuple[float, ...]], ...] = (
+    (re.compile(r"\s*meV"), (1000.0, 1.0)),
+    (re.compile(r"\s*(?:%|per ?cent)"), (100.0, 1.0)),
+    (re.compile(r"\s*(?:min\b|minutes?)"), (1 / 60, 1.0)),
+    (re.compile(r"\s*(?:h\b|hours?)"), (1 / 3600, 1.0)),
+)
+"""The unit written after a number -> factors (source value x factor = written value). A
+number with no such unit must match a source as is: a loose table would back invented values
+by accident."""
 
 _IDENTIFIER = re.compile(
     r"(?<![\w])(?:[A-Za-z][A-Za-z0-9_]*(?:[-/][A-Za-z0-9_]+)*\d[A-Za-z0-9_/-]*"
@@ -96,13 +102,28 @@ def _decimals(written: str) -> int:
     return len(mantissa.split(".")[1]) if "." in mantissa else 0
 
 
-def is_backed(written: str, sources: list[float]) -> bool:
-    """True when the number as written matches a source within rounding, sign and units."""
+def unit_factors(after: str) -> tuple[float, ...]:
+    """The conversion factors allowed by the text right after a number."""
+    for pattern, factors in UNIT_FACTORS:
+        if pattern.match(after):
+            return factors
+    return (1.0,)
+
+
+def is_backed(written: str, sources: list[float], *, after: str = "") -> bool:
+    """True when the number as written matches a source within rounding, sign and its unit.
+
+    Args:
+        written: The number as it appears in the text.
+        sources: Numbers from the run.
+        after: The text that follows it (its unit: meV, %, min, h convert; else as is).
+    """
     value = abs(float(written.replace("\u2212", "-")))
     tolerance = 0.5 * 10 ** (-_decimals(written)) + 1e-9
+    factors = unit_factors(after)
     for source in sources:
         magnitude = abs(source)
-        for factor in UNIT_FACTORS:
+        for factor in factors:
             if abs(magnitude * factor - value) <= tolerance:
                 return True
     return False
@@ -123,7 +144,7 @@ def gate(text: str, sources: list[float], *, mode: GateMode = "flag") -> GateRes
     found = numbers_in(text)
     for _, match in found:
         written = text[match.start() : match.end()]
-        if is_backed(written, sources):
+        if is_backed(written, sources, after=text[match.end() : match.end() + 12]):
             continue
         unbacked.append(written)
         pieces.append(text[last : match.start()])

@@ -70,7 +70,8 @@ class LLMTool:
     def call(self, arguments: str | dict[str, Any]) -> Any:
         """Validate the arguments and call the function with them."""
         parsed = self.parse(arguments)
-        return self.function(**{name: getattr(parsed, name) for name in parsed.model_fields})
+        fields = type(parsed).model_fields
+        return self.function(**{name: getattr(parsed, name) for name in fields})
 
 
 def _docstring_parts(doc: str) -> tuple[str, dict[str, str]]:
