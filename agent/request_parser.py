@@ -1626,3 +1626,122 @@ def parse_request(text: str, *, defaults: Budget | None = None) -> DesignSpec:
         )
     except ValidationError as error:
         raise RequestError(f"the request cannot be compiled: {_readable(error)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Follow-ups: refine a compiled spec
+# --------------------------------------------------------------------------------------------
+
+
+def refine_spec(spec: DesignSpec, text: str) -> tuple[DesignSpec, list[str]]:
+    """Apply a follow-up ("now without manganese", "at most 12 atoms") to a compiled spec.
+
+    The follow-up is read with the same stages as :func:`parse_request`, and only what it
+    mentions changes: budget phrases, atom limits, space groups, the number of candidates,
+    property targets (a new target on a property replaces the old one), and chemistry. An
+    excluded element leaves the chemical system, the required and allowed sets (and drops a
+    formula containing it); a required element joins them; a new chemical system or formula
+    replaces the old one.
+
+    Args:
+        spec: The current spec.
+        text: The follow-up.
+
+    Returns:
+        The refined spec (``request`` records both texts) and one line per change.
+
+    Raises:
+        RequestError: The follow-up changes nothing this parser can read, or the result is
+            inconsistent (e.g. excluding every element of the system).
+        ClarificationNeeded: The follow-up is ambiguous (as in :func:`parse_request`).
+    """
+    scan = _Scan(text)
+    changes: list[str] = []
+    updates: dict[str, object] = {}
+    budget = _parse_budget(scan, spec.budget)
+    if budget != spec.budget:
+        updates["budget"] = budget
+        changes.append("budget: " + ", ".join(
+            f"{k} {v}" for k, v in budget.model_dump().items() if v != getattr(spec.budget, k)
+        ))  # fmt: skip
+    mentions_atoms = any(scan.find(p) for p in (_ATOM_RANGE_RE, _ATOM_SINGLE_RE, _ATOM_REVERSE_RE))
+    if mentions_atoms:
+        low, high = _parse_atoms(scan)
+        updates["min_atoms"], updates["max_atoms"] = low, high
+        changes.append(f"atoms per cell: {low}-{high}")
+    space_groups = _parse_space_groups(scan)
+    if space_groups:
+        updates["space_groups"] = space_groups
+        changes.append(f"space groups: {', '.join(map(str, space_groups))}")
+    count = _parse_num_candidates(scan)
+    if count is not None:
+        updates["num_candidates"] = count
+        changes.append(f"candidates wanted: {count}")
+    pieces = _parse_qualitative(scan) + _parse_quantities(scan)
+    if pieces:
+        by_name: dict[PropertyName, list[_Piece]] = {}
+        for piece in pieces:
+            by_name.setdefault(piece.name, []).append(piece)
+        new = {name: _merge(name, group) for name, group in by_name.items()}
+        kept = [t for t in spec.targets if t.name not in new]
+        updates["targets"] = (*kept, *new.values())
+        changes += [f"target: {t.describe()}" for t in new.values()]
+
+    chem = _parse_chemistry(scan)
+    system, formula = _system_of(chem)
+    required = set(spec.required_elements)
+    allowed = set(spec.allowed_elements) if spec.allowed_elements is not None else None
+    excluded = set(spec.excluded_elements)
+    current_system = set(spec.chemical_system) if spec.chemical_system else None
+    current_formula = spec.formula
+    if system is not None:
+        current_system, current_formula = set(system), formula
+        allowed, required = set(system), set(system) | set(chem.required)
+        excluded -= set(system)
+        changes.append(f"chemical system: {'-'.join(sorted(system))}")
+    if chem.only is not None:
+        allowed = set(chem.only) | chem.anion_elements
+        changes.append(f"allowed elements: {', '.join(sorted(allowed))}")
+    for symbol in sorted(chem.excluded):
+        excluded.add(symbol)
+        required.discard(symbol)
+        if allowed is not None:
+            allowed.discard(symbol)
+        if current_system is not None and symbol in current_system:
+            current_system.discard(symbol)
+        if current_formula is not None and symbol in Composition(current_formula):
+            changes.append(f"formula {current_formula} dropped (it contains {symbol})")
+            current_formula = None
+        changes.append(f"excluded element: {symbol}")
+    for symbol in sorted(set(chem.required) - required):
+        required.add(symbol)
+        excluded.discard(symbol)
+        if allowed is not None:
+            allowed.add(symbol)
+        if current_system is not None:
+            current_system.add(symbol)
+        changes.append(f"required element: {symbol}")
+    if current_system is not None and len(current_system) < 2:
+        left = "".join(sorted(current_system)) or "nothing"
+        raise RequestError(
+            f"that would leave the chemical system with {left}; name another element or a "
+            "new system"
+        )
+    if not changes:
+        raise RequestError(
+            f"I could not read a change in {text!r}; try e.g. 'now without Mn', 'at most 12 "
+            "atoms', 'band gap above 2 eV' or 'find 5 candidates'"
+        )
+    updates.update(
+        request=f"{spec.request}; {text}" if spec.request else text,
+        required_elements=tuple(required),
+        allowed_elements=tuple(allowed) if allowed is not None else None,
+        excluded_elements=tuple(excluded),
+        chemical_system=tuple(current_system) if current_system is not None else None,
+        formula=current_formula,
+    )
+    try:
+        refined = DesignSpec.model_validate({**spec.model_dump(), **updates})
+    except ValidationError as error:
+        raise RequestError(f"the follow-up cannot be applied: {_readable(error)}") from None
+    return refined, changes
