@@ -4,8 +4,9 @@
 counts, budgets, ids excluded). :func:`gate` finds the numbers in an answer and checks each
 against that set, tolerant of rounding (a number written with ``d`` decimals matches a source
 within half a unit of its last digit), of sign (``-0.12`` and "0.12 below"), and of the unit
-written after it (meV for an eV value, per cent for a fraction, minutes or hours for seconds). A number that matches
-nothing is flagged in place (or removed) and listed, so the report says what was not backed.
+written after it (meV for an eV value, per cent for a fraction, minutes or hours for seconds).
+A number that matches nothing is flagged in place (or removed) and listed, so the report says
+what was not backed.
 
 Identifiers are not numbers: candidate ids (``c-0a1b...``), material ids (``mp-1234``), formulae
 (``LiMn2O4``) and space-group symbols (``Fm-3m``, ``P6_3/mmc``) are masked before the scan.
