@@ -11,6 +11,7 @@ from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
 from crystalforge.agent.llm.base import LLMError, Message, ToolSpec
 from crystalforge.agent.llm.factory import backend_for
 from crystalforge.agent.llm.structured import ask_structured
+from crystalforge.agent.nodes.retrieve import recall_for_plan
 from crystalforge.agent.prompts import PLANNER_SYSTEM, neutralise, quote_data
 from crystalforge.agent.state import (
     GenerationTask,
@@ -278,6 +279,9 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     round_index = state.round + 1 if state.plans else 0
     history = yield_history(list(state.memos))
     context = runtime.context
+    recall: dict[str, Any] = {}
+    if memo is None and not state.plans:  # issue 9: start from what similar campaigns learned
+        memo, recall = recall_for_plan(state, context)
     chosen = make_plan(spec, memo, round_index=round_index, context=context, history=history)
     update: dict[str, Any] = {"round": round_index}
     backend = backend_for(context)
@@ -304,4 +308,7 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 update["llm_seconds"] = state.llm_seconds + answer.seconds
                 update["llm_calls"] = state.llm_calls + answer.calls
     update["plans"] = [chosen]
+    if recall:
+        update["recalled"] = recall.get("recalled", [])
+        update["notes"] = [*recall.get("notes", []), *update.get("notes", [])]
     return update
