@@ -229,6 +229,7 @@ def test_assess_evaluates_band_gap_bulk_modulus_and_magnetic_moment() -> None:
 # -- the eval suite ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~11 s of CHGNet on three solids: keeps this file under ~30 s
 def test_properties_suite_measures_band_gap_error_on_held_out_rows(data_dir) -> None:
     pytest.importorskip("chgnet")
     from crystalforge.evals.base import SuiteOptions
@@ -241,3 +242,17 @@ def test_properties_suite_measures_band_gap_error_on_held_out_rows(data_dir) -> 
     assert result.metadata["band_gap_rows"] == 300
     assert len(result.metadata["solids"]) == 3
     assert any("NaCl" in note and "GPa" in note for note in result.notes)
+
+
+# -- the training data respects the split convention ----------------------------------------------
+
+
+def test_band_gap_training_pool_holds_no_held_out_id(data_dir) -> None:
+    from crystalforge.tools.validators.train_band_gap import held_out_ids, training_rows
+
+    pool = training_rows(data_dir)
+    held = held_out_ids(data_dir)
+    assert len(held) == 7118
+    assert not set(pool.ids) & held
+    assert len(set(pool.ids)) == len(pool.ids)  # deduplicated by material_id
+    assert len(pool.ids) > 30_000
