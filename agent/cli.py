@@ -402,6 +402,8 @@ def _design(options: dict[str, Any]) -> int:
             on_node=on_node,
             notes=notes,
             llm_tokens=compiled.tokens,
+            llm_seconds=compiled.llm_seconds,
+            llm_calls=compiled.calls,
         )
     return _print_outcome(outcome)
 

@@ -79,10 +79,13 @@ def start_run(
     on_node: NodeCallback | None = None,
     notes: list[str] | None = None,
     llm_tokens: int = 0,
+    llm_seconds: float = 0.0,
+    llm_calls: int = 0,
 ) -> RunOutcome:
     """Run a design from a compiled spec in ``context.run_dir`` (created; must not exist).
 
-    ``notes`` and ``llm_tokens`` carry what compiling the request said and cost.
+    ``notes``, ``llm_tokens``, ``llm_seconds`` and ``llm_calls`` carry what compiling the request
+    said and cost.
     """
     run_dir = context.run_dir
     if (run_dir / RUN_FILE).exists():
@@ -107,6 +110,8 @@ def start_run(
         spec=spec.model_dump(mode="json"),
         notes=list(notes or []),
         llm_tokens=llm_tokens,
+        llm_seconds=llm_seconds,
+        llm_calls=llm_calls,
     )
     return _drive(handle, inputs, context, on_node)
 
