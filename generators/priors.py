@@ -10,7 +10,8 @@ binary/ternary val plus MPTS-52 test/val, minus the held-out MP-20 test ids). It
 * Wyckoff combinations per space group: the Wyckoff positions of each element of a structure
   (conventional-cell labels such as ``4c``), elements anonymised (see :func:`combination_key`);
 * per element, the site-symmetry order of its sites (general multiplicity / site multiplicity:
-  1 on the general position, larger on special positions).
+  1 on the general position, larger on special positions);
+* per element, a fitted volume per atom (Å^3; cell volume ~ sum of its atoms' volumes).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from crystalforge.generators.symmetry import _group
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-FORMAT_VERSION = 1
-"""Version of the JSON layout; bumped when a table changes meaning."""
+FORMAT_VERSION = 2
+"""Version of the JSON layout; bumped when a table changes meaning (2 added
+``element_volumes``)."""
+_READABLE_FORMATS = (1, FORMAT_VERSION)
+"""Layouts this module reads (format 1 lacks ``element_volumes``: no volume prior)."""
 DEFAULT_PRIORS_PATH = Path(__file__).parent / "data" / "wyckoff_priors.json"
 """The priors shipped with the package."""
 
@@ -116,7 +120,7 @@ class WyckoffPriors:
     path: str = ""
 
     def __post_init__(self) -> None:
-        if self.data.get("format") != FORMAT_VERSION:
+        if self.data.get("format") not in _READABLE_FORMATS:
             raise ConfigError(
                 f"priors {self.path!r} have format {self.data.get('format')!r}, expected "
                 f"{FORMAT_VERSION}; regenerate them with crystalforge.generators.train_priors"
@@ -164,6 +168,22 @@ class WyckoffPriors:
     def element_site_orders(self, element: str) -> dict[int, int]:
         """How often ``element`` sat on a site of each site-symmetry order (1 = general)."""
         return _ints(self.data["element_site_orders"].get(element, {}))
+
+    def element_volume(self, element: str) -> float | None:
+        """Fitted volume per atom of ``element`` in Å^3; ``None`` when not learned."""
+        value = self.data.get("element_volumes", {}).get(element)
+        return None if value is None else float(value)
+
+    def cell_volume(self, element_counts: Mapping[str, float]) -> float | None:
+        """Predicted cell volume in Å^3 (sum of fitted atom volumes); ``None`` if any is unknown.
+
+        Args:
+            element_counts: Atoms per element in the cell.
+        """
+        volumes = [self.element_volume(el) for el in element_counts]
+        if any(v is None for v in volumes):
+            return None
+        return float(sum(n * v for n, v in zip(element_counts.values(), volumes, strict=True) if v))
 
     @functools.cached_property
     def _combination_table(self) -> dict[int, tuple[WyckoffCombination, ...]]:

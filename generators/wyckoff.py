@@ -101,6 +101,12 @@ class WyckoffPriorGenerator:
     """Wall-clock budget for one ``generate`` call in seconds, checked between attempts."""
     max_cell_atoms: int = 120
     """Largest primitive cell attempted."""
+    volume_prior: bool = True
+    """Scale each built cell to the learned sum of per-element atom volumes times
+    ``volume_factor`` (PyXtal's own estimate from radii is kept for unlearned elements)."""
+    min_distance_ratio: float = 0.5
+    """Reject a built cell (a failed attempt) when two atoms are closer than this fraction of
+    the sum of their covalent radii; 0 disables the check."""
     priors_path: str | None = None
     """JSON written by ``train_priors``; ``None``: the priors shipped with the package."""
     name: str = field(default="wyckoff", init=False)
@@ -123,6 +129,10 @@ class WyckoffPriorGenerator:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
         if self.max_cell_atoms < 1:
             raise ConfigError(f"max_cell_atoms must be >= 1, got {self.max_cell_atoms!r}")
+        if not 0.0 <= self.min_distance_ratio < 2.0:
+            raise ConfigError(
+                f"min_distance_ratio must be in [0, 2), got {self.min_distance_ratio!r}"
+            )
 
     @property
     def priors(self) -> WyckoffPriors:
@@ -161,6 +171,8 @@ class WyckoffPriorGenerator:
                 "oxidation_states": choice.oxidation_label(),
                 "pyxtal_seed": pyxtal_seed,
                 "volume_factor": self.volume_factor,
+                "volume_prior": self.volume_prior,
+                "volume_a3": round(float(structure.volume), 3),
             }
             if plan.sites is not None:
                 parameters["wyckoff_sites"] = " ".join(
@@ -245,10 +257,47 @@ class WyckoffPriorGenerator:
         return None
 
     def _build(self, plan: _Plan, seed: int) -> Structure | None:
-        """PyXtal's crystal for a plan, reduced to its primitive cell; ``None`` on failure."""
-        return build_structure(
+        """PyXtal's crystal for a plan, scaled to the learned volume and screened for clashes.
+
+        Returns:
+            The primitive cell, or ``None`` when PyXtal failed or two atoms end up closer than
+            ``min_distance_ratio`` times the sum of their covalent radii.
+        """
+        structure = build_structure(
             plan.cell, plan.space_group, seed, volume_factor=self.volume_factor, sites=plan.sites
         )
+        if structure is None:
+            return None
+        if self.volume_prior:
+            counts = {str(el): float(n) for el, n in structure.composition.items()}
+            target = self.priors.cell_volume(counts)
+            if target is not None and target > 0:
+                structure.scale_lattice(target * self.volume_factor)
+        if self.min_distance_ratio > 0 and _clashes(structure, self.min_distance_ratio):
+            logger.debug(
+                "wyckoff: %s in %d has clashing atoms", structure.formula, plan.space_group
+            )
+            return None
+        return structure
+
+
+def _clashes(structure: Structure, ratio: float) -> bool:
+    """Whether two atoms (periodic images included) are closer than ``ratio`` x covalent radii."""
+    symbols = [site.specie.symbol for site in structure]
+    radii = np.array([_covalent_radius(el) for el in symbols])
+    cutoff = ratio * 2 * float(radii.max())
+    centers, points, _images, distances = structure.get_neighbor_list(cutoff)
+    if len(distances) == 0:
+        return False
+    limits = ratio * (radii[centers] + radii[points])
+    return bool(np.any(distances < limits))
+
+
+def _covalent_radius(element: str) -> float:
+    """Covalent radius in Å (pymatgen's table; 1.5 Å for elements it lacks)."""
+    from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
+
+    return float(CovalentRadius.radius.get(element, 1.5))
 
 
 def _matching_combinations(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
@@ -120,3 +121,20 @@ def test_training_skips_held_out_rows_and_is_deterministic(tmp_path) -> None:
     assert priors.anonymous_formula_count("AB") == 1
     assert priors.anonymous_formula_count("ABC3") == 1
     assert [c.groups for c in priors.combinations(225)] == [(("4a",), ("4b",))]
+
+
+def test_element_volumes_fit_recovers_known_atom_volumes() -> None:
+    from crystalforge.generators.train_priors import element_volumes
+
+    truth = {"Li": 8.0, "O": 12.0, "Mn": 10.0}
+    rng = np.random.default_rng(0)
+    records = []
+    for _ in range(60):
+        counts = {el: float(rng.integers(1, 5)) for el in truth}
+        volume = sum(n * truth[el] for el, n in counts.items())
+        records.append({"element_counts": counts, "volume": volume * rng.normal(1, 0.01)})
+    fitted = element_volumes(records)
+    assert fitted == pytest.approx(truth, rel=0.05)
+    # Elements seen in fewer than 5 rows are not fitted.
+    records.append({"element_counts": {"Li": 1.0, "Xe": 1.0}, "volume": 30.0})
+    assert "Xe" not in element_volumes(records)

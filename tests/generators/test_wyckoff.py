@@ -126,3 +126,52 @@ def test_registry_and_settings() -> None:
     assert generator.family == "wyckoff"
     with pytest.raises(ConfigError, match="combination_share"):
         WyckoffPriorGenerator(combination_share=1.5)
+
+
+# -- volume prior and clash screen ---------------------------------------------------------------
+
+
+def _priors_with_volumes(tmp_path, volumes: dict[str, float]) -> str:
+    data = dict(load_priors().data, format=FORMAT_VERSION, element_volumes=volumes)
+    path = tmp_path / "priors.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_volume_prior_scales_cells_to_the_learned_atom_volumes(tmp_path) -> None:
+    path = _priors_with_volumes(tmp_path, {"Na": 20.0, "Cl": 30.0})
+    request = GenerationRequest(num_structures=4, seed=3, formula="NaCl", max_atoms=8)
+    scaled = WyckoffPriorGenerator(priors_path=path).generate(request)
+    for candidate in scaled:
+        formula_units = len(candidate.structure) // 2
+        assert candidate.structure.volume == pytest.approx(50.0 * formula_units, rel=1e-6)
+        assert candidate.parameters["volume_prior"] is True
+    plain = WyckoffPriorGenerator(priors_path=path, volume_prior=False).generate(request)
+    assert any(
+        c.structure.volume != pytest.approx(50.0 * len(c.structure) // 2, rel=1e-3) for c in plain
+    )
+
+
+def test_volume_prior_is_skipped_for_unlearned_elements(tmp_path) -> None:
+    path = _priors_with_volumes(tmp_path, {"Na": 20.0})  # no Cl
+    request = GenerationRequest(num_structures=2, seed=3, formula="NaCl", max_atoms=8)
+    with_prior = WyckoffPriorGenerator(priors_path=path).generate(request)
+    without = WyckoffPriorGenerator(priors_path=path, volume_prior=False).generate(request)
+    assert [c.structure.volume for c in with_prior] == pytest.approx(
+        [c.structure.volume for c in without]
+    )
+
+
+def test_clash_screen() -> None:
+    from pymatgen.core import Lattice, Structure
+
+    from crystalforge.generators.wyckoff import _clashes
+
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                          [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    assert not _clashes(rock_salt, 0.7)
+    squeezed = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.1, 0, 0]])  # 0.5 Å
+    assert _clashes(squeezed, 0.5)
+    # A 1-atom cell clashes with its own periodic image when the cell is tiny.
+    assert _clashes(Structure(Lattice.cubic(1.0), ["Na"], [[0, 0, 0]]), 0.5)
+    assert not _clashes(Structure(Lattice.cubic(4.0), ["Na"], [[0, 0, 0]]), 0.5)
