@@ -27,10 +27,17 @@ if TYPE_CHECKING:
     from crystalforge.generators.base import Generator
 
 _GENERATORS: dict[str, tuple[str, str, str | None]] = {
+    "autoregressive": (
+        "crystalforge.generators.autoregressive.generator",
+        "AutoregressiveGenerator",
+        "ml",
+    ),
     "fake": ("crystalforge.generators.fake", "FakeGenerator", None),
     "pyxtal": ("crystalforge.generators.symmetry", "PyXtalGenerator", None),
     "substitution": ("crystalforge.generators.substitution", "SubstitutionGenerator", None),
     "wyckoff": ("crystalforge.generators.wyckoff", "WyckoffPriorGenerator", None),
+    # Runs out of process in its own venv (python -m crystalforge.generators.wyformer setup).
+    "wyformer": ("crystalforge.generators.wyformer", "WyFormerGenerator", None),
 }
 
 

@@ -1,0 +1,525 @@
+"""The autoregressive generator: sample Wyckoff token sequences, let PyXtal place the atoms.
+
+Sampling writes ``SG (El W)* <eos>`` one token at a time with masked logits, so every finished
+sequence already satisfies the hard constraints of the request:
+
+* the space group is one of ``request.space_groups`` when given (the first token is forced to
+  them), else any group seen in training;
+* elements come from the request's pool (``chemical_system``, or ``elements`` minus
+  ``excluded_elements``), in canonical (atomic-number) order, and ``<eos>`` is allowed only once
+  every required element is present and the primitive cell has at least ``min_atoms`` atoms;
+* Wyckoff labels are those of the drawn group, in canonical order, never a fixed (zero degree
+  of freedom) position twice, and never past ``max_atoms`` atoms per primitive cell.
+
+The composition must then be one of the request's charge-balanced compositions
+(:func:`~crystalforge.generators.compositions.enumerate_compositions`, which also applies
+``formula`` and ``compositions``); PyXtal fits a random lattice and free coordinates to the sites
+(``from_random`` with those sites) and the structure is reduced to its primitive cell.
+
+Bad input: an element without a token (never seen in training) or requested space groups with
+fewer than ``min_space_group_support`` training rows cannot be sampled meaningfully. With
+``fallback="wyckoff"`` (default) the request goes to the Wyckoff-prior generator and every such
+candidate says so in ``parameters["fallback"]`` and ``parameters["fallback_reason"]``; with
+``fallback="none"`` it raises :class:`~crystalforge.core.errors.GenerationFailed` naming the
+unsupported condition. The same fallback fills a request the model could not fill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+
+from crystalforge.core.candidate import Candidate
+from crystalforge.core.errors import ConfigError, DataError, GenerationFailed
+from crystalforge.generators.autoregressive.tokenizer import (
+    MAX_SITES,
+    Vocabulary,
+    WyckoffGene,
+    multiplicity,
+)
+from crystalforge.generators.compositions import enumerate_compositions
+from crystalforge.generators.symmetry import centering_multiplicity
+
+if TYPE_CHECKING:
+    import torch
+
+    from crystalforge.core.candidate import Scalar
+    from crystalforge.generators.autoregressive.model import WyckoffTransformer
+    from crystalforge.generators.base import Family, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "wyckoff_transformer.pt"
+Fallback = Literal["wyckoff", "none"]
+_BATCH = 64  # sequences sampled per forward batch
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: WyckoffTransformer
+    vocab: Vocabulary
+    space_group_counts: dict[int, int]
+    element_counts: dict[str, int]
+
+
+@functools.cache
+def _load(path: str) -> _Loaded:
+    import torch
+
+    from crystalforge.generators.autoregressive.model import ModelConfig, WyckoffTransformer
+
+    if not Path(path).is_file():
+        raise DataError(
+            f"autoregressive checkpoint {path!r} does not exist; train one with "
+            "python -m crystalforge.generators.autoregressive.train --out PATH"
+        )
+    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    model = WyckoffTransformer(ModelConfig.from_json(checkpoint["config"]))
+    model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    model.eval()
+    return _Loaded(
+        model,
+        Vocabulary.from_json(checkpoint["vocabulary"]),
+        {int(k): int(v) for k, v in checkpoint["space_group_counts"].items()},
+        {str(k): int(v) for k, v in checkpoint["element_counts"].items()},
+    )
+
+
+@functools.cache
+def _wyckoff_table(space_group: int) -> tuple[tuple[str, bool], ...]:
+    """``(label, fixed)`` of every Wyckoff position of a group (conventional cell)."""
+    from pyxtal.symmetry import Group
+
+    out = []
+    for wp in Group(space_group).Wyckoff_positions:
+        label = f"{wp.multiplicity}{wp.letter}"  # pyright: ignore[reportAttributeAccessIssue]
+        out.append((label, wp.get_dof() == 0))  # pyright: ignore[reportAttributeAccessIssue]
+    return tuple(out)
+
+
+@dataclass
+class _State:
+    """Constraint bookkeeping of one sequence being sampled."""
+
+    space_group: int = 0
+    sites: list[tuple[str, str]] = field(default_factory=list)
+    atoms: int = 0  # conventional cell
+    done: bool = False
+    dead: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoregressiveGenerator:
+    """Wyckoff-sequence transformer trained in this repo (registry ``autoregressive``).
+
+    The same request and seed give the same structures (sampling uses a torch generator seeded
+    by ``request.seed``; PyXtal seeds are drawn from it). Fewer than ``num_structures`` come back
+    (with a warning) when the sample budget or time runs out and the fallback cannot fill them.
+    """
+
+    temperature: float = 1.0
+    """Softmax temperature of sampling (lower: more typical sequences)."""
+    checkpoint_path: str | None = None
+    """Checkpoint written by ``autoregressive.train``; ``None``: the one shipped in the package."""
+    samples_per_structure: int = 16
+    """Sequences sampled per requested structure at most."""
+    pyxtal_attempts: int = 2
+    """PyXtal placements tried per sampled sequence."""
+    volume_factor: float = 1.0
+    """Cell volume relative to PyXtal's sum of atomic volumes."""
+    charge_balanced: bool = True
+    """Keep only compositions that the request's composition enumeration admits."""
+    min_space_group_support: int = 3
+    """Training rows a requested space group needs to be sampled by the model."""
+    fallback: Fallback = "wyckoff"
+    """What serves conditions the model cannot: ``"wyckoff"`` (named in the candidates) or
+    ``"none"`` (raise)."""
+    timeout_s: float = 120.0
+    """Wall-clock budget of one ``generate`` call, seconds (checked between batches)."""
+    name: str = field(default="autoregressive", init=False)
+    family: Family = field(default="autoregressive", init=False)
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature must be positive, got {self.temperature!r}")
+        if self.samples_per_structure < 1:
+            raise ConfigError(
+                f"samples_per_structure must be >= 1, got {self.samples_per_structure!r}"
+            )
+        if self.pyxtal_attempts < 1:
+            raise ConfigError(f"pyxtal_attempts must be >= 1, got {self.pyxtal_attempts!r}")
+        if self.fallback not in ("wyckoff", "none"):
+            raise ConfigError(f"fallback must be 'wyckoff' or 'none', got {self.fallback!r}")
+        if not (self.volume_factor > 0 and math.isfinite(self.volume_factor)):
+            raise ConfigError(f"volume_factor must be positive, got {self.volume_factor!r}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
+
+    @property
+    def _loaded(self) -> _Loaded:
+        return _load(str(self.checkpoint_path or DEFAULT_CHECKPOINT))
+
+    def generate(self, request: GenerationRequest) -> list[Candidate]:
+        """Propose ``request.num_structures`` structures.
+
+        Raises:
+            GenerationFailed: The request admits no structure (see
+                :func:`~crystalforge.generators.compositions.enumerate_compositions`), a
+                condition is unsupported and ``fallback == "none"``, or nothing could be built.
+        """
+        if request.num_structures < 0:
+            raise GenerationFailed(f"num_structures must be >= 0, got {request.num_structures!r}")
+        if request.num_structures == 0:
+            return []
+        if bad := [sg for sg in request.space_groups if not 1 <= sg <= 230]:
+            raise GenerationFailed(f"space groups must be in 1-230, got {bad!r}")
+        choices = enumerate_compositions(request)  # raises for impossible requests
+        formulas = {c.formula for c in choices}
+        loaded = self._loaded
+        pool, required = _element_pool(request)
+        unseen = sorted(e for e in pool | required if e not in loaded.vocab.index)
+        problem: str | None = None
+        if unseen and (required & set(unseen) or not pool - set(unseen)):
+            problem = f"element(s) {unseen!r} never occur in the model's training data"
+        pool -= set(unseen)
+        groups: tuple[int, ...] = ()
+        if request.space_groups:
+            groups = tuple(
+                sg
+                for sg in sorted(set(request.space_groups))
+                if loaded.space_group_counts.get(sg, 0) >= self.min_space_group_support
+            )
+            if not groups and problem is None:
+                counts = {sg: loaded.space_group_counts.get(sg, 0) for sg in request.space_groups}
+                problem = (
+                    f"space group(s) {sorted(set(request.space_groups))!r} have too little "
+                    f"training support (rows per group {counts!r}, need "
+                    f">= {self.min_space_group_support})"
+                )
+        if problem is not None:
+            return self._fall_back(request, problem, request.num_structures, [])
+        out = self._sample(request, loaded, pool, required, groups, formulas)
+        if len(out) < request.num_structures:
+            missing = request.num_structures - len(out)
+            reason = f"the model produced {len(out)} of {request.num_structures} structures"
+            if self.fallback == "wyckoff":
+                return self._fall_back(request, reason, missing, out)
+            logger.warning("autoregressive: %s", reason)
+        if not out:
+            raise GenerationFailed(f"autoregressive produced no structure for {request!r}")
+        return out
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def _sample(
+        self,
+        request: GenerationRequest,
+        loaded: _Loaded,
+        pool: set[str],
+        required: set[str],
+        groups: tuple[int, ...],
+        formulas: set[str],
+    ) -> list[Candidate]:
+        import torch
+
+        generator = torch.Generator().manual_seed(request.seed % 2**63)
+        deadline = time.monotonic() + self.timeout_s
+        budget = request.num_structures * self.samples_per_structure
+        out: list[Candidate] = []
+        seen: set[str] = set()
+        sampled = rejected = failed = duplicates = 0
+        allowed_groups = groups or tuple(
+            sg for sg, n in sorted(loaded.space_group_counts.items()) if n > 0
+        )
+        while len(out) < request.num_structures and sampled < budget:
+            if time.monotonic() > deadline:
+                logger.warning("autoregressive: %g s time budget ran out", self.timeout_s)
+                break
+            size = min(_BATCH, budget - sampled)
+            genes = self._sample_batch(
+                loaded, generator, size, pool, required, allowed_groups, request
+            )
+            sampled += size
+            for gene in genes:
+                if len(out) >= request.num_structures:
+                    break
+                if gene is None:
+                    rejected += 1
+                    continue
+                formula = _formula(gene)
+                if formula is None or (self.charge_balanced and formula not in formulas):
+                    rejected += 1
+                    continue
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                structure = None
+                for attempt in range(self.pyxtal_attempts):
+                    structure = build_from_gene(gene, seed + attempt, self.volume_factor)
+                    if structure is not None:
+                        break
+                if (
+                    structure is None
+                    or not request.min_atoms <= len(structure) <= request.max_atoms
+                ):
+                    failed += 1
+                    continue
+                parameters: dict[str, Scalar] = {
+                    "wyckoff_gene": gene.text(),
+                    "space_group": gene.space_group,
+                    "formula": formula,
+                    "temperature": self.temperature,
+                    "pyxtal_seed": seed,
+                    "volume_factor": self.volume_factor,
+                    "sample_index": sampled - size,
+                }
+                candidate = Candidate.create(
+                    structure,
+                    generator=self.name,
+                    seed=request.seed,
+                    parameters=parameters,
+                    round=request.round,
+                )
+                if candidate.id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(candidate.id)
+                out.append(candidate)
+        logger.info(
+            "autoregressive: %d structures from %d sampled sequences "
+            "(%d off-composition, %d pyxtal failures, %d duplicates)",
+            len(out), sampled, rejected, failed, duplicates,
+        )  # fmt: skip
+        return out
+
+    def _sample_batch(
+        self,
+        loaded: _Loaded,
+        generator: torch.Generator,
+        size: int,
+        pool: set[str],
+        required: set[str],
+        groups: tuple[int, ...],
+        request: GenerationRequest,
+    ) -> list[WyckoffGene | None]:
+        """``size`` sequences with masked sampling; ``None`` for a dead end."""
+        import torch
+
+        vocab = loaded.vocab
+        model = loaded.model
+        max_len = model.config.max_len
+        ids = torch.full((size, 1), vocab.bos, dtype=torch.long)
+        states = [_State() for _ in range(size)]
+        pool_ids = sorted(vocab.index[e] for e in pool)
+        group_ids = [vocab.index[f"SG{g}"] for g in groups]
+        with torch.no_grad():
+            for step in range(1, max_len):
+                if all(s.done or s.dead for s in states):
+                    break
+                logits = model(ids)[:, -1, :] / self.temperature
+                mask = torch.full_like(logits, -math.inf)
+                for row, state in enumerate(states):
+                    if state.done or state.dead:
+                        mask[row, vocab.pad] = 0.0
+                        continue
+                    allowed = _allowed(vocab, state, step, pool_ids, group_ids, required, request)
+                    if not allowed:
+                        state.dead = True
+                        mask[row, vocab.pad] = 0.0
+                    else:
+                        mask[row, allowed] = 0.0
+                probabilities = torch.softmax(logits + mask, dim=-1)
+                token = torch.multinomial(probabilities, 1, generator=generator)
+                ids = torch.cat([ids, token], dim=1)
+                for row, state in enumerate(states):
+                    if not (state.done or state.dead):
+                        _advance(vocab, state, int(token[row]), step)
+        return [
+            None if s.dead or not s.done else WyckoffGene(s.space_group, tuple(s.sites))
+            for s in states
+        ]
+
+    # -- fallback --------------------------------------------------------------------------
+
+    def _fall_back(
+        self, request: GenerationRequest, reason: str, missing: int, out: list[Candidate]
+    ) -> list[Candidate]:
+        if self.fallback == "none":
+            if out:
+                logger.warning("autoregressive: %s", reason)
+                return out
+            raise GenerationFailed(f"autoregressive cannot serve this request: {reason}")
+        import dataclasses
+
+        from crystalforge.generators.wyckoff import WyckoffPriorGenerator
+
+        logger.warning("autoregressive: %s; falling back to the wyckoff generator", reason)
+        sub = dataclasses.replace(request, num_structures=missing + len(out))
+        seen = {c.id for c in out}
+        filled = list(out)
+        for candidate in WyckoffPriorGenerator(timeout_s=self.timeout_s).generate(sub):
+            if len(filled) >= request.num_structures:
+                break
+            if candidate.id in seen:
+                continue
+            seen.add(candidate.id)
+            filled.append(
+                Candidate.create(
+                    candidate.structure,
+                    generator=self.name,
+                    seed=request.seed,
+                    parameters={
+                        **candidate.parameters,
+                        "fallback": "wyckoff",
+                        "fallback_reason": reason,
+                    },
+                    round=request.round,
+                )
+            )
+        return filled
+
+
+def _element_pool(request: GenerationRequest) -> tuple[set[str], set[str]]:
+    """Elements the sequence may use and those it must use."""
+    if request.chemical_system:
+        system = set(request.chemical_system)
+        return system, system | set(request.required_elements)
+    if request.formula is not None or request.compositions:
+        formulas = (request.formula,) if request.formula is not None else request.compositions
+        symbols = {el.symbol for f in formulas if f for el in Composition(f).elements}
+        return symbols, set(request.required_elements)
+    if request.elements:
+        return set(request.elements) - set(request.excluded_elements), set(
+            request.required_elements
+        )
+    raise GenerationFailed(
+        "autoregressive needs chemical_system, elements, formula or compositions in the request"
+    )
+
+
+def _allowed(
+    vocab: Vocabulary,
+    state: _State,
+    step: int,
+    pool_ids: list[int],
+    group_ids: list[int],
+    required: set[str],
+    request: GenerationRequest,
+) -> list[int]:
+    """Token ids allowed next for ``state`` (empty: dead end)."""
+    if step == 1:
+        return group_ids
+    centering = centering_multiplicity(state.space_group)
+    if step % 2 == 0:  # element (or end)
+        allowed: list[int] = []
+        last_z = _z(state.sites[-1][0]) if state.sites else 0
+        if len(state.sites) < MAX_SITES:
+            allowed = [i for i in pool_ids if _z(vocab.tokens[i]) >= last_z]
+        present = {e for e, _ in state.sites}
+        primitive, remainder = divmod(state.atoms, centering)
+        if (
+            required <= present
+            and present
+            and remainder == 0
+            and request.min_atoms <= primitive <= request.max_atoms
+        ):
+            allowed.append(vocab.eos)
+        return allowed
+    element = state.sites[-1][0] if state.sites else ""
+    same = [w for e, w in state.sites if e == element]
+    used_fixed = {w for _, w in state.sites if _fixed(state.space_group, w)}
+    limit = request.max_atoms * centering - state.atoms
+    last_key = (multiplicity(same[-1]), same[-1][-1]) if same else (0, "")
+    out = []
+    for label, fixed in _wyckoff_table(state.space_group):
+        if multiplicity(label) > limit or (fixed and label in used_fixed):
+            continue
+        if (multiplicity(label), label[-1]) < last_key:
+            continue
+        if label in vocab.index:
+            out.append(vocab.index[label])
+    return out
+
+
+def _advance(vocab: Vocabulary, state: _State, token: int, step: int) -> None:
+    word = vocab.tokens[token]
+    if step == 1:
+        state.space_group = int(word[2:])
+    elif word == "<eos>":
+        state.done = True
+    elif step % 2 == 0:
+        state.sites.append((word, ""))
+    else:
+        element = state.sites[-1][0]
+        state.sites[-1] = (element, word)
+        state.atoms += multiplicity(word)
+
+
+@functools.cache
+def _fixed(space_group: int, label: str) -> bool:
+    return dict(_wyckoff_table(space_group)).get(label, False)
+
+
+@functools.cache
+def _z(symbol: str) -> int:
+    from pymatgen.core import Element
+
+    return Element(symbol).Z
+
+
+def _formula(gene: WyckoffGene) -> str | None:
+    """Reduced formula of a gene; ``None`` when the cell does not divide into primitive cells."""
+    counts = gene.conventional_counts()
+    centering = centering_multiplicity(gene.space_group)
+    if any(n % centering for n in counts.values()):
+        return None
+    return Composition(counts).reduced_formula
+
+
+def build_from_gene(gene: WyckoffGene, seed: int, volume_factor: float = 1.0) -> Structure | None:
+    """PyXtal's random crystal on exactly the sites of ``gene``, as a primitive cell.
+
+    Args:
+        gene: Space group and (element, Wyckoff label) sites, conventional cell.
+        seed: Seed of PyXtal's random state.
+        volume_factor: Cell volume relative to PyXtal's sum of atomic volumes.
+
+    Returns:
+        The structure, or ``None`` when PyXtal cannot place the atoms.
+    """
+    from pyxtal import pyxtal
+    from pyxtal.msg import Error as PyXtalError
+
+    species, counts, sites = gene.pyxtal_inputs()
+    crystal = pyxtal()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            crystal.from_random(
+                3,
+                gene.space_group,
+                species,
+                counts,
+                factor=volume_factor,
+                sites=sites,
+                random_state=np.random.default_rng(seed),
+            )
+            structure = crystal.to_pymatgen()
+            if isinstance(structure, Structure) and centering_multiplicity(gene.space_group) > 1:
+                structure = structure.get_primitive_structure(tolerance=0.01)
+        except (RuntimeError, ValueError, KeyError, IndexError, PyXtalError) as exc:
+            logger.debug("pyxtal failed for %s: %s", gene.text(), exc)
+            return None
+    if not isinstance(structure, Structure):
+        return None
+    expected = sum(counts) // centering_multiplicity(gene.space_group)
+    return structure if len(structure) == expected else None
