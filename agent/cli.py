@@ -615,7 +615,8 @@ def _print_proposals(payload: dict[str, Any]) -> None:
             "yes" if p["meets_hard"] else "no",
             escape(props + (f" [{p['generator']}]" if p.get("generator") else "")),
         )
-    console.print(table)
+    # Piped output has no terminal width; keep the properties column readable in logs.
+    console.print(table, width=None if console.is_terminal else 160)
     if payload.get("error"):
         console.print(f"[red]last answer not applied:[/] {escape(payload['error'])}")
 

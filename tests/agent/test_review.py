@@ -35,6 +35,7 @@ from crystalforge.core.spec import Budget, DesignSpec, PropertyTarget
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from crystalforge.agent.nodes.review import ReviewAction
     from crystalforge.agent.state import CandidateSummary, Memo, ReviewRecord
 
 
@@ -65,9 +66,9 @@ def _summary(cid: str, formula: str, *, hit: bool = True, e_hull: float = 0.0) -
     }  # fmt: skip
 
 
-def _record(cid: str, formula: str, action: str, note: str | None = None) -> ReviewRecord:
+def _record(cid: str, formula: str, action: ReviewAction, note: str | None = None) -> ReviewRecord:
     return {"round": 0, "id": cid, "formula": formula, "action": action, "note": note,
-            "at": "2026-12-01T00:00:00+00:00"}  # type: ignore[typeddict-item]  # fmt: skip
+            "at": "2026-12-01T00:00:00+00:00"}  # fmt: skip
 
 
 PROPOSALS = [
@@ -87,7 +88,7 @@ def test_ids_resolve_by_number_prefix_and_full_id():
     assert resolve_id("c-cccccccccccc", PROPOSALS) == "c-cccccccccccc"
     assert resolve_id("cccc", PROPOSALS) == "c-cccccccccccc"
     with pytest.raises(ReviewError, match="ambiguous"):
-        resolve_id("aaaa", PROPOSALS + [{"index": 4, "id": "c-aaaa00000000", "formula": "X"}])
+        resolve_id("aaaa", [*PROPOSALS, {"index": 4, "id": "c-aaaa00000000", "formula": "X"}])
     with pytest.raises(ReviewError, match="no proposal number 7"):
         resolve_id("7", PROPOSALS)
     with pytest.raises(ReviewError, match="unknown candidate 'c-zzzz'"):
@@ -158,7 +159,8 @@ def test_review_interrupts_stores_decisions_and_feeds_reflection(tmp_path: Path,
     outcome = start_run(_spec(), _context(run_dir, data_dir))
     assert outcome.stop_reason == "waiting for review"
     payload = outcome.pending_review
-    assert payload is not None and payload["round"] == 0
+    assert payload is not None
+    assert payload["round"] == 0
     json.dumps(payload)  # JSON all through
     first = payload["proposals"][0]
     assert set(first) >= {"id", "formula", "space_group", "e_above_hull", "properties",
@@ -173,7 +175,8 @@ def test_review_interrupts_stores_decisions_and_feeds_reflection(tmp_path: Path,
         {"decisions": [{"id": "1", "action": "approve", "note": "nice"},
                        {"id": ids[-1], "action": "reject", "note": "too much Mg"}]},
     )  # fmt: skip
-    assert outcome.pending_review is not None and outcome.pending_review["round"] == 1
+    assert outcome.pending_review is not None
+    assert outcome.pending_review["round"] == 1
     stored = load_reviews(run_dir)
     assert [(r["id"], r["action"], r["note"]) for r in stored] == [
         (ids[0], "approve", "nice"),
@@ -200,7 +203,7 @@ def test_a_bad_resume_value_interrupts_again_with_the_error(tmp_path: Path, data
     spec = _spec(rounds=1)
     with sqlite3.connect(run_dir / "checkpoints.sqlite", check_same_thread=False) as conn:
         compiled = build_graph(SqliteSaver(conn))
-        inputs = {"request": spec.request, "spec": spec.model_dump(mode="json")}
+        inputs: Any = {"request": spec.request, "spec": spec.model_dump(mode="json")}
         compiled.invoke(inputs, config, context=context)
         assert compiled.get_state(config).next == ("review",)
         bad = {"decisions": [{"id": "c-000000000000", "action": "approve"}]}
@@ -252,7 +255,8 @@ def test_cli_review_lists_decides_and_rejects_unknown_ids(
     start_run(_spec(rounds=1), _context(run_dir, data_dir))
     assert main(["review", str(run_dir), "--list"]) == 0
     out = capsys.readouterr().out
-    assert "Round 0 proposals" in out and "MgO" in out
+    assert "Round 0 proposals" in out
+    assert "MgO" in out
 
     assert main(["review", str(run_dir), "--approve", "zz99"]) == 2
     assert "unknown candidate 'zz99'" in capsys.readouterr().err
