@@ -18,7 +18,16 @@ a space group and PyXtal's placement of atoms on a random lattice. Unlike it, th
 * otherwise a space group is drawn from the learned space-group frequencies of structures with
   as many elements (``"space_group"``), and PyXtal chooses the Wyckoff positions itself; where the
   priors have no data (e.g. 6+ elements, or no compatible group among 64 draws) the space group
-  comes from PyXtalGenerator's hand-written prior (``"fallback"``).
+  comes from PyXtalGenerator's hand-written prior (``"fallback"``);
+* the built cell is scaled to the sum of learned per-element atom volumes (``volume_prior``) and
+  rejected, as a failed attempt, when two atoms are closer than ``min_distance_ratio`` times the
+  sum of their covalent radii (a cheap screen before CHGNet).
+
+Cells, the PyXtal call and the attempt loop are shared with
+:class:`~crystalforge.generators.symmetry.PyXtalGenerator`
+(:func:`~crystalforge.generators.symmetry.request_cells`,
+:func:`~crystalforge.generators.symmetry.build_structure`,
+:func:`~crystalforge.generators.symmetry.generate_with_budget`).
 """
 
 from __future__ import annotations
