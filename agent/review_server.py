@@ -177,6 +177,9 @@ class ReviewApp:
                 except CrystalForgeError as exc:
                     logger.warning("resuming %s failed: %s", self.run_dir, exc)
                     self._error = str(exc)
+                except Exception as exc:  # the page must learn why the run stopped
+                    logger.exception("resuming %s crashed", self.run_dir)
+                    self._error = f"{type(exc).__name__}: {exc}"
 
             self._worker = threading.Thread(target=work, name="crystalforge-resume", daemon=True)
             self._worker.start()

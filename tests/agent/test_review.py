@@ -268,3 +268,29 @@ def test_cli_review_lists_decides_and_rejects_unknown_ids(
     assert load_reviews(run_dir)[0]["note"] == "keep it"
     assert main(["review", str(run_dir)]) == 0
     assert "finished" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_review_end_to_end_with_real_chgnet(tmp_path: Path, data_dir: Path):
+    # Real generators and CHGNet on a tiny budget: the payload carries CHGNet's numbers and the
+    # second version's disagreement, and an approval is marked in the report.
+    run_dir = tmp_path / "run"
+    spec = DesignSpec(
+        request="a stable Mg-O oxide, at most 4 atoms",
+        chemical_system=("Mg", "O"),
+        max_atoms=4,
+        targets=(PropertyTarget(name="e_above_hull", max=0.1),),
+        num_candidates=3,
+        budget=Budget(max_rounds=1, samples_per_round=3, max_validator_calls=3),
+    )
+    context = Context(run_dir=run_dir, data_dir=data_dir, device="cpu", review=True)
+    outcome = start_run(spec, context)
+    payload = outcome.pending_review
+    assert payload is not None
+    assert payload["proposals"], "at least one of three Mg-O cells should relax and pass"
+    first = payload["proposals"][0]
+    assert first["uncertainty"] is not None
+    assert first["uncertainty"]["e_hull_disagreement"] is not None
+    outcome = submit_review(run_dir, {"decisions": [{"id": first["id"], "action": "approve"}]})
+    assert outcome.pending_review is None
+    assert "approved" in (run_dir / "report.md").read_text()
