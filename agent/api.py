@@ -10,7 +10,7 @@ from crystalforge.agent.context import Context, ProgressCallback
 from crystalforge.agent.llm.compile_spec import CompiledRequest, compile_with_llm
 from crystalforge.agent.request_parser import parse_request
 from crystalforge.agent.runner import new_run_dir, start_run
-from crystalforge.core.errors import RequestError
+from crystalforge.core.errors import ClarificationNeeded, RequestError
 from crystalforge.core.settings import Settings
 from crystalforge.memory.reference_data import resolve_data_dir
 
@@ -27,16 +27,54 @@ def compile_request(
     budget: Budget | None = None,
     max_atoms: int | None = None,
     backend: LLMBackend | None = None,
+    assume_defaults: bool = False,
 ) -> CompiledRequest:
     """Compile a request; explicit arguments override the text.
 
     With a ``backend`` the LLM compiles it (cross-checked against the embedded parser),
     otherwise the embedded parser does.
+
+    Args:
+        request: The request text.
+        num_candidates: Candidates wanted (overrides the text).
+        budget: Budget (overrides the text).
+        max_atoms: Atoms-per-cell limit (overrides the text).
+        backend: The LLM, or ``None`` for the embedded parser.
+        assume_defaults: When the request needs a clarification that has a safe default
+            (e.g. "metallic with a band gap above 3 eV": the number wins), take the default
+            and say so in the notes instead of raising.
+
+    Raises:
+        ClarificationNeeded: The request is ambiguous or contradictory and either no default
+            exists or ``assume_defaults`` is off; ``.question`` is the question to ask.
     """
-    if backend is not None:
-        compiled = compile_with_llm(backend, request)
-    else:
-        compiled = CompiledRequest(spec=parse_request(request), source="parser")
+    assumed: list[str] = []
+    text = request
+    for _ in range(4):
+        try:
+            if backend is not None:
+                compiled = compile_with_llm(backend, text)
+            else:
+                compiled = CompiledRequest(spec=parse_request(text), source="parser")
+            break
+        except ClarificationNeeded as exc:
+            if not assume_defaults or exc.drop is None or exc.drop not in text:
+                if assume_defaults and exc.drop is None:
+                    raise ClarificationNeeded(
+                        f"{exc.question} (no default exists for this question, so "
+                        "--assume-defaults cannot answer it)"
+                    ) from None
+                raise
+            assumed.append(f"assumed: {exc.assumption} (asked: {exc.question})")
+            text = text.replace(exc.drop, "", 1)
+    else:  # pragma: no cover - four defaults in one request
+        raise RequestError(f"too many ambiguities to assume defaults for: {request!r}")
+    if assumed:
+        compiled = replace(
+            compiled,
+            spec=compiled.spec.model_copy(update={"request": request}),
+            notes=[*assumed, *compiled.notes],
+        )
     spec = compiled.spec
     updates: dict[str, object] = {}
     if num_candidates is not None:

@@ -20,7 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from crystalforge import __version__
-from crystalforge.core.errors import CrystalForgeError, RequestError, ReviewError, SetupError
+from crystalforge.core.errors import (
+    ClarificationNeeded,
+    CrystalForgeError,
+    RequestError,
+    ReviewError,
+    SetupError,
+)
 from crystalforge.core.settings import Settings
 from crystalforge.core.spec import Budget
 
@@ -212,6 +218,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, out: bool = True) -> None:
         help="OpenAI-compatible server for --llm openai, e.g. http://localhost:11434/v1.",
     )
     p.add_argument(
+        "--assume-defaults",
+        action="store_true",
+        help=(
+            "When the request needs a clarification with a safe default (a number against a "
+            "word: the number wins), take it and note it instead of exiting 2."
+        ),
+    )
+    p.add_argument(
         "--no-reference-data",
         action="store_true",
         help="Judge stability against elemental references only.",
@@ -249,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _data(args)
     except ReviewError as exc:
         err_console.print(f"[bold red]Cannot apply the review:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    except ClarificationNeeded as exc:
+        hint = f" With --assume-defaults: {exc.assumption}." if exc.assumption is not None else ""
+        err_console.print(f"[bold red]Question:[/] {escape(exc.question)}{escape(hint)}")
         return EXIT_USAGE
     except RequestError as exc:
         err_console.print(f"[bold red]Cannot design this:[/] {escape(str(exc))}")
@@ -368,6 +386,7 @@ def _design(options: dict[str, Any]) -> int:
         num_candidates=options.get("candidates"),
         max_atoms=options.get("max_atoms"),
         backend=backend,
+        assume_defaults=bool(options.get("assume_defaults")),
     )
     spec = compiled.spec
     updates = {k: v for k, v in budget_updates.items() if v is not None}
@@ -420,7 +439,7 @@ def _campaign(path: Path) -> int:
     known = {
         "request", "candidates", "rounds", "samples", "max_relaxations", "max_minutes",
         "max_atoms", "seed", "out", "data_dir", "device", "no_reference_data", "llm", "model",
-        "base_url", "review",
+        "base_url", "assume_defaults", "review",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:

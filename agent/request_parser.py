@@ -1171,7 +1171,9 @@ def _merge(name: PropertyName, pieces: list[_Piece]) -> PropertyTarget:
             if not _overlap(word, piece):
                 raise ClarificationNeeded(
                     f"'{word.text}' means {word.describe()} but you also asked for "
-                    f"{piece.describe()}; which do you want?"
+                    f"{piece.describe()}; which do you want?",
+                    assumption=f"the number wins: {piece.describe()} ('{word.text}' dropped)",
+                    drop=word.text,
                 )
     chosen = numeric or words
     if any(p.hard for p in chosen):

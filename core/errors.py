@@ -48,11 +48,20 @@ class RequestError(SetupError):
 
 
 class ClarificationNeeded(RequestError):
-    """The request is ambiguous or contradictory; the question is in the message."""
+    """The request is ambiguous or contradictory; the question is in the message.
 
-    def __init__(self, question: str) -> None:
+    ``question`` is what to ask the user (the chat shows it; scripted runs exit 2 with it).
+    When a safe default exists, ``assumption`` says it in words and ``drop`` is the phrase of
+    the request that the default removes (``--assume-defaults`` re-compiles without it).
+    """
+
+    def __init__(
+        self, question: str, *, assumption: str | None = None, drop: str | None = None
+    ) -> None:
         super().__init__(question)
         self.question = question
+        self.assumption = assumption
+        self.drop = drop
 
 
 class ReviewError(RequestError):
