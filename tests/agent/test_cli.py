@@ -43,7 +43,7 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("design", "run", "resume"):
+    for command in ("design", "run", "resume", "review", "chat"):
         assert command in out
 
 
