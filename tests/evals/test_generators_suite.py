@@ -1,4 +1,4 @@
-"""The generators eval suite: system draw (fast) and a tiny real run (slow: CHGNet)."""
+"""The generators eval suite: system draw, intervals, families (fast); a tiny real run (slow)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,18 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
+from crystalforge.core.errors import SetupError
 from crystalforge.evals.base import SuiteOptions
-from crystalforge.evals.generators import COLUMNS, FAMILIES, held_out_systems, run
+from crystalforge.evals.generators import (
+    BASELINE,
+    COLUMNS,
+    bootstrap_ratio,
+    default_families,
+    held_out_systems,
+    run,
+    wilson_interval,
+)
+from crystalforge.generators.registry import available_generators
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,10 +35,53 @@ def test_systems_are_held_out_ternaries_and_seeded(data_dir: Path):
     assert all(len(s) == 3 and s in held_out for s in systems)
 
 
+def test_wilson_interval_matches_known_values():
+    # 5 of 10: the textbook Wilson 95 % interval is 0.237-0.763.
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-3)
+    low, high = wilson_interval(0, 20)
+    assert low == 0.0
+    assert 0.15 < high < 0.17
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    # More trials, narrower interval around the same share.
+    five, fifty = wilson_interval(5, 10), wilson_interval(50, 100)
+    assert fifty[1] - fifty[0] < five[1] - five[0]
+
+
+def test_bootstrap_ratio_over_systems():
+    baseline = [(10, 1)] * 10
+    doubled = [(10, 2)] * 10
+    ratio, low, high = bootstrap_ratio(doubled, baseline)
+    assert ratio == pytest.approx(2.0)
+    assert low == pytest.approx(2.0)
+    assert high == pytest.approx(2.0)
+    # All of the family's hits in one system: the point estimate stays, the interval widens.
+    lumpy = [(10, 20 if i == 0 else 0) for i in range(10)]
+    ratio, low, high = bootstrap_ratio(lumpy, baseline)
+    assert ratio == pytest.approx(2.0)
+    assert low is not None
+    assert high is not None
+    assert low < 1.0 < high
+    assert bootstrap_ratio(doubled, [(10, 0)] * 10)[0] is None  # baseline without hits
+
+
+def test_default_families_are_installed_registered_and_baseline_first():
+    families = default_families()
+    assert families[0] == BASELINE
+    assert "fake" not in families
+    assert set(families) <= set(available_generators())
+    assert {"wyckoff", "substitution"} <= set(families)
+
+
+def test_unknown_family_is_rejected_with_the_valid_names(data_dir: Path):
+    with pytest.raises(SetupError, match=r"unknown generator.*'nope'.*wyckoff"):
+        run(SuiteOptions(data_dir=data_dir, families=("nope",), per_family=1, systems=1))
+
+
 @pytest.mark.slow
 def test_quick_run_reports_every_family(data_dir: Path, tmp_path: Path):
     result = run(SuiteOptions(quick=True, limit=2, data_dir=data_dir, out_dir=tmp_path))
-    assert [r["family"].split()[0] for r in result.rows] == list(FAMILIES)
+    assert [str(r["family"]).split()[0] for r in result.rows] == default_families()
+    assert (tmp_path / "generators-shares.png").stat().st_size > 0
     assert result.columns == COLUMNS
     baseline = result.rows[0]
     assert baseline["generated"] > 0
