@@ -118,6 +118,13 @@ def test_design_command_with_an_openai_compatible_server(monkeypatch, tmp_path, 
     out = tmp_path / "run"
     with ScriptedOpenAIServer() as server:
         server.reply_tool_call(TOOL_NAME, {"chemical_system": ["Mg", "O"], "max_atoms": 2})
+        # Real CHGNet below: the model plans the round and writes the (streamed) answer.
+        server.reply_tool_call(
+            "submit_round_plan",
+            {"tasks": [{"generator": "pyxtal", "num_structures": 2}], "references": [],
+             "rationale": ["two rock-salt-sized cells"]},
+        )  # fmt: skip
+        server.reply_text("1 round was run; the ranked table lists what CHGNet relaxed.")
         code = main(
             ["design", "rock-salt magnesium oxide, two atoms per cell", "--llm", "openai",
              "--base-url", server.base_url, "--model", "test-model", "--out", str(out),
@@ -126,7 +133,11 @@ def test_design_command_with_an_openai_compatible_server(monkeypatch, tmp_path, 
     assert code == 0, capsys.readouterr().err
     report = (out / "report.md").read_text()
     assert "request compiled by llm" in report
-    assert "LLM tokens: 150" in report
+    assert "planned by test-model" in report
+    assert "pyxtal x2" in report
+    assert "1 round was run" in report
+    assert "LLM tokens: 450; LLM calls: 3" in report
+    assert server.streamed == 1
     for path in out.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".md", ".csv"}:
             assert "sk-never-written" not in path.read_text()
