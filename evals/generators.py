@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from crystalforge.core.errors import GenerationFailed, MissingExtraError, SetupError
+from crystalforge.core.errors import GenerationFailed, SetupError
 from crystalforge.evals.base import SuiteOptions, SuiteResult
 from crystalforge.generators.base import GenerationRequest
 from crystalforge.generators.registry import available_generators, load_generator
@@ -86,6 +86,8 @@ class _Tally:
     relaxed: int = 0
     failed_requests: int = 0
     failed_stages: dict[str, int] = field(default_factory=dict)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    """Why whole requests failed (first 200 characters of the error) -> how often."""
     per_system: list[tuple[int, int]] = field(default_factory=list)
     """(generated, S.U.N.) per system, in system order, for the bootstrap."""
 
@@ -98,8 +100,8 @@ def default_families() -> list[str]:
             continue
         try:
             load_generator(name)
-        except MissingExtraError as exc:
-            logger.info("eval generators skips %s: %s", name, exc)
+        except SetupError as exc:  # missing extra, model or settings: not installed here
+            logger.warning("eval generators skips %s: %s", name, exc)
             continue
         out.append(name)
     return sorted(out, key=lambda n: (n != BASELINE, n))
@@ -217,9 +219,11 @@ def run(options: SuiteOptions) -> SuiteResult:
             started = time.perf_counter()
             try:
                 candidates = generators[family].generate(request)
-            except GenerationFailed as exc:
-                logger.info("%s could not generate in %s: %s", family, "-".join(system), exc)
+            except (GenerationFailed, SetupError) as exc:
+                logger.warning("%s could not generate in %s: %s", family, "-".join(system), exc)
                 tally.failed_requests += 1
+                tally.failure_reasons.setdefault(str(exc)[:200], 0)
+                tally.failure_reasons[str(exc)[:200]] += 1
                 tally.per_system.append((0, 0))
                 continue
             tally.generation_s += time.perf_counter() - started
@@ -274,6 +278,7 @@ def run(options: SuiteOptions) -> SuiteResult:
                     "failed_stages": t.failed_stages,
                     "per_system_generated_sun": t.per_system,
                     "failed_requests": t.failed_requests,
+                    "failure_reasons": t.failure_reasons,
                     "generation_s": round(t.generation_s, 2),
                 }
                 for f, t in tallies.items()
