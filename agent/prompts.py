@@ -18,15 +18,14 @@ NEUTRALISED = "[instruction-like text removed]"
 """What an instruction-looking phrase in retrieved text is replaced with."""
 
 _INSTRUCTION_PATTERNS = (
-    r"\b(?:ignore|disregard|forget|override|bypass|skip)\b[^.;\n]{0,60}?"
+    r"\b(?:ignore|disregard|forget|override|bypass)\b[^.;\n]{0,60}?"
     r"\b(?:instructions?|constraints?|rules?|prompts?|spec(?:ification)?|budgets?|limits?|"
-    r"targets?|above|previous|system)\b",
+    r"targets?|previous|system)\b(?:[^.;:\n]|\.(?=\d))*",
     r"\breport\b[^.;\n]{0,30}\b(?:success|succeeded|all (?:targets|constraints) met)\b",
     r"\b(?:claim|say|state|pretend)\b[^.;\n]{0,40}\b(?:success|succeeded|passed|stable)\b",
-    r"\byou (?:are|must|should|will) (?:now )?(?:act|be|ignore|report|say|output|respond)\b"
-    r"[^.;\n]{0,60}",
+    r"\b(?:you (?:are|must|will) now|from now on)\b[^.;\n]{0,80}",
     r"\b(?:new|updated) (?:instructions?|system prompt)\b[^.;\n]{0,60}",
-    r"(?m:^\s*(?:system|assistant|developer)\s*:)",
+    r"(?m:^\s*(?:system|assistant|developer)\s*:[^\n]*)",
     r"</?\s*(?:data|system|instructions?)\s*>",
 )
 _INSTRUCTION_RE = re.compile("|".join(f"(?:{p})" for p in _INSTRUCTION_PATTERNS), re.IGNORECASE)
