@@ -376,6 +376,43 @@ class ChromaMemory:
         self._formula_cache[cache_key] = out
         return out
 
+    def structures_with_formulas(
+        self, formula_keys: Iterable[str], *, exclude_run: str | None = None
+    ) -> dict[str, list[tuple[str, Structure]]]:
+        """:meth:`structures_with_formula` for many keys at once (one query per collection).
+
+        Returns:
+            Formula key -> ``(id, structure)`` list (empty lists for keys with no structure).
+        """
+        keys = sorted(set(formula_keys))
+        out: dict[str, list[tuple[str, Structure]]] = {}
+        missing = [k for k in keys if (k, exclude_run) not in self._formula_cache]
+        found: dict[str, list[tuple[str, Structure]]] = {k: [] for k in missing}
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            for name in ("references", "candidates"):
+                got = self.collection(name).get(
+                    where={"$and": [{"formula": {"$in": chunk}}, {"has_structure": True}]},
+                    include=["documents", "metadatas"],
+                )
+                for entry_id, doc, meta in zip(
+                    got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True
+                ):
+                    if name == "candidates" and exclude_run and meta.get("run_id") == exclude_run:
+                        continue
+                    try:
+                        structure = record_to_structure(doc)
+                    except ValueError as exc:
+                        logger.warning("skipping unreadable stored structure %s: %s", entry_id, exc)
+                        continue
+                    structure.properties["material_id"] = entry_id
+                    found[str(meta["formula"])].append((entry_id, structure))
+        for key in missing:
+            self._formula_cache[(key, exclude_run)] = found[key]
+        for key in keys:
+            out[key] = self._formula_cache[(key, exclude_run)]
+        return out
+
     def search_references(
         self,
         *,

@@ -72,6 +72,10 @@ def test_references_are_idempotent_by_id_and_searchable(store):
     [(found_id, found)] = store.structures_with_formula("Cl1Na1")
     assert found_id == "mp-22862"
     assert found.composition.reduced_formula == "NaCl"
+    batch = store.structures_with_formulas(["Cl1Na1", "Mg1O1", "Au1"])
+    assert [i for i, _ in batch["Cl1Na1"]] == ["mp-22862"]
+    assert [i for i, _ in batch["Mg1O1"]] == ["mp-1265"]
+    assert batch["Au1"] == []
     near = store.similar_structures(rocksalt(5.7), k=3)
     assert near[0]["id"] == "mp-22862"
     assert store.info()["counts"]["references"] == 3

@@ -167,6 +167,21 @@ class NoveltyValidator:
                     found.append((known_id, "memory", known))
         return found
 
+    def _prefetch(self, candidates: Sequence[Candidate]) -> None:
+        """Fetch the store's structures of every formula in the batch in one query each."""
+        batch = getattr(self.store, "structures_with_formulas", None)
+        if batch is None:
+            return
+        from crystalforge.memory.reference_data import formula_key
+
+        keys = {
+            formula_key(c.structure.composition.get_el_amt_dict())
+            for c in candidates
+            if malformed_reason(c.structure) is None
+        }
+        if keys:
+            batch(keys, exclude_run=self.run_id)
+
     def validate(self, candidates: Sequence[Candidate]) -> list[Verdict]:
         """Look each candidate up among the known structures of its formula.
 
@@ -178,6 +193,7 @@ class NoveltyValidator:
         """
         matcher = _matcher(self.ltol, self.stol, self.angle_tol)
         index: dict[str, list[tuple[str, str, Structure]]] = {}
+        self._prefetch(candidates)
         verdicts = []
         for candidate in candidates:
             structure = candidate.structure
