@@ -511,3 +511,46 @@ def test_default_pipeline_end_to_end_with_fake_relaxer(tiny_reference) -> None:
     assert props["density"] == pytest.approx(results[0].candidate.structure.density)
     assert "bulk_modulus" not in props
     assert progress[-1] == (6, 6)
+
+
+def test_reduced_fits_agree_with_structure_matcher_fit():
+    """The cached-reduction matcher answers exactly as ``StructureMatcher.fit`` does."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    from crystalforge.tools.validators.uniqueness import _ReducedFits
+
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(4.2), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    supercell = rocksalt.copy()
+    supercell.make_supercell([2, 1, 1])
+    shaken = rocksalt.copy()
+    shaken.perturb(0.05, min_distance=0.0)
+    zincblende = Structure.from_spacegroup(
+        "F-43m", Lattice.cubic(4.6), ["Mg", "O"], [[0, 0, 0], [0.25, 0.25, 0.25]]
+    )
+    wurtzite = Structure.from_spacegroup(
+        "P6_3mc",
+        Lattice.hexagonal(3.2, 5.1),
+        ["Mg", "O"],
+        [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]],
+    )
+    structures = {
+        "rs": rocksalt,
+        "super": supercell,
+        "shaken": shaken,
+        "zb": zincblende,
+        "wz": wurtzite,
+    }
+    matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
+    fits = _ReducedFits(matcher)
+    answers = {}
+    for a, first in structures.items():
+        for b, second in structures.items():
+            answers[a, b] = fits(a, first, b, second)
+            assert answers[a, b] == matcher.fit(first, second), (a, b)
+    assert answers["rs", "super"]
+    assert answers["rs", "shaken"]
+    assert not answers["rs", "zb"]
+    assert not answers["zb", "wz"]

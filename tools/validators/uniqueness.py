@@ -36,6 +36,45 @@ def _fits(matcher: StructureMatcher, first: Structure, second: Structure) -> boo
         return False
 
 
+class _ReducedFits:
+    """``StructureMatcher.fit`` with each structure reduced once, and a site-count screen.
+
+    ``fit`` reduces both structures (primitive cell, Niggli) on every call; comparing one
+    candidate with many known structures of its formula repeats that work. Here each structure
+    is reduced once (keyed by its id) and compared with ``skip_structure_reduction=True``.
+    Without ``attempt_supercell`` (our setting) two structures whose reduced cells hold different
+    numbers of sites never match (``_strict_match`` requires a square site mask), so such pairs
+    are skipped before the lattice search. The answers are those of ``fit``.
+    """
+
+    def __init__(self, matcher: StructureMatcher) -> None:
+        self._matcher = matcher
+        self._reduced: dict[str, Structure | None] = {}
+
+    def _reduce(self, key: str, structure: Structure) -> Structure | None:
+        if key not in self._reduced:
+            try:
+                # pymatgen's own reduction, the one ``fit`` applies (private but stable API).
+                self._reduced[key] = self._matcher._get_reduced_structure(structure, True, True)
+            except ValueError as exc:
+                logger.info("could not reduce %s (%s); comparing unreduced", key, exc)
+                self._reduced[key] = None
+        return self._reduced[key]
+
+    def __call__(self, first_id: str, first: Structure, second_id: str, second: Structure) -> bool:
+        """Whether ``first`` and ``second`` match (ids key the reduction cache)."""
+        one, two = self._reduce(first_id, first), self._reduce(second_id, second)
+        if one is None or two is None:
+            return _fits(self._matcher, first, second)
+        if len(one) != len(two):
+            return False
+        try:
+            return bool(self._matcher.fit(one, two, skip_structure_reduction=True))
+        except ValueError as exc:
+            logger.info("StructureMatcher failed (%s); treating as different", exc)
+            return False
+
+
 @dataclass(frozen=True, kw_only=True)
 class UniquenessValidator:
     """Fail structures that duplicate an earlier one (pymatgen ``StructureMatcher``).
@@ -68,7 +107,7 @@ class UniquenessValidator:
         Returns:
             One verdict per candidate, in order.
         """
-        matcher = _matcher(self.ltol, self.stol, self.angle_tol)
+        fits = _ReducedFits(_matcher(self.ltol, self.stol, self.angle_tol))
         known: dict[str, list[tuple[str, Structure]]] = {}
         for known_id, structure in self.known:
             if malformed_reason(structure) is None:
@@ -85,12 +124,14 @@ class UniquenessValidator:
                 formula = structure.composition.reduced_formula
                 earlier = seen.setdefault(formula, [])
                 for other_id, other in earlier:
-                    if other_id == candidate.id or _fits(matcher, structure, other):
+                    if other_id == candidate.id or fits(candidate.id, structure, other_id, other):
                         duplicate_of = other_id
                         break
                 if duplicate_of is None:
                     for other_id, other in known.get(formula, []):
-                        if other_id != candidate.id and _fits(matcher, structure, other):
+                        if other_id != candidate.id and fits(
+                            candidate.id, structure, f"known:{other_id}", other
+                        ):
                             duplicate_of = other_id
                             break
                 if duplicate_of is None:
@@ -191,7 +232,7 @@ class NoveltyValidator:
         Returns:
             One (passing) verdict per candidate, in order.
         """
-        matcher = _matcher(self.ltol, self.stol, self.angle_tol)
+        fits = _ReducedFits(_matcher(self.ltol, self.stol, self.angle_tol))
         index: dict[str, list[tuple[str, str, Structure]]] = {}
         self._prefetch(candidates)
         verdicts = []
@@ -206,7 +247,9 @@ class NoveltyValidator:
                 if formula not in index:
                     index[formula] = self._known(formula)
                 for known_id, known_source, known in index[formula]:
-                    if known_id != candidate.id and _fits(matcher, structure, known):
+                    if known_id != candidate.id and fits(
+                        f"candidate:{candidate.id}", structure, f"{known_source}:{known_id}", known
+                    ):
                         novel, match, source = False, known_id, known_source
                         break
             verdicts.append(
