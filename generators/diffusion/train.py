@@ -1,0 +1,273 @@
+"""Train the diffusion model: ``python -m crystalforge.generators.diffusion.train``.
+
+Usage (from the project root; 1 thread and ``nice`` on a shared CPU)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m crystalforge.generators.diffusion.train \
+        --data-dir ../shared/data --minutes 40 --out generators/diffusion/checkpoint.pt
+
+Data: :func:`~crystalforge.generators.diffusion.data.load_crystals` (the split convention of
+``shared/data/README.md``; held-out ``mp_20_biternary/test`` ids never enter). A seeded
+:data:`VAL_SHARE` of those rows is split off for validation. Training stops after ``--epochs``
+or ``--minutes``, whichever comes first; the checkpoint of the best validation loss is kept.
+The device is ``cuda`` when available unless ``--device`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from crystalforge.generators.diffusion.data import Crystal, load_crystals
+from crystalforge.generators.diffusion.model import (
+    Denoiser,
+    LatticeStats,
+    ModelConfig,
+    Schedules,
+    diffusion_loss,
+    lattice_to_rep,
+    model_config_dict,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+logger = logging.getLogger(__name__)
+
+VAL_SHARE = 0.05
+"""Share of the training rows held out for validation (seeded)."""
+PROP_DROP = 0.2
+"""Share of rows trained without the property (the null token), for classifier-free guidance."""
+MAX_ATOMS_PER_BATCH = 640
+"""Atoms per batch (batches group cells of similar size)."""
+
+
+def _batches(
+    crystals: Sequence[Crystal], rng: np.random.Generator, shuffle: bool
+) -> Iterator[list[int]]:
+    """Index batches of similar cell sizes with at most :data:`MAX_ATOMS_PER_BATCH` atoms."""
+    sizes = np.array([len(c.numbers) for c in crystals])
+    order = np.argsort(sizes + (rng.random(len(sizes)) if shuffle else 0), kind="stable")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * sizes[i] > MAX_ATOMS_PER_BATCH:
+            batches.append(current)
+            current = []
+        current.append(int(i))
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)  # pyright: ignore[reportArgumentType]
+    yield from batches
+
+
+def collate(
+    crystals: Sequence[Crystal], stats: LatticeStats, energy: tuple[float, float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Dense padded tensors of a batch: numbers, frac, lattice_rep (standardized), mask, prop."""
+    n = max(len(c.numbers) for c in crystals)
+    b = len(crystals)
+    numbers = torch.zeros((b, n), dtype=torch.long)
+    frac = torch.zeros((b, n, 3))
+    mask = torch.zeros((b, n))
+    for i, c in enumerate(crystals):
+        k = len(c.numbers)
+        numbers[i, :k] = torch.from_numpy(np.asarray(c.numbers))
+        frac[i, :k] = torch.from_numpy(np.asarray(c.frac, dtype=np.float32))
+        mask[i, :k] = 1.0
+    params = torch.from_numpy(np.stack([c.lattice for c in crystals]).astype(np.float32))
+    rep = lattice_to_rep(params, mask.sum(1))
+    rep = (rep - torch.tensor(stats.mean)) / torch.tensor(stats.std)
+    out = {"numbers": numbers, "frac": frac, "lattice_rep": rep, "mask": mask}
+    if energy is not None:
+        e = torch.tensor([c.energy for c in crystals], dtype=torch.float32)
+        out["prop"] = (e - energy[0]) / energy[1]
+    return out
+
+
+def lattice_stats(crystals: Sequence[Crystal]) -> LatticeStats:
+    """Mean and std of the 6-d lattice representation over ``crystals``."""
+    params = torch.from_numpy(np.stack([c.lattice for c in crystals]).astype(np.float32))
+    counts = torch.tensor([len(c.numbers) for c in crystals])
+    rep = lattice_to_rep(params, counts)
+    return LatticeStats(
+        tuple(float(x) for x in rep.mean(0)), tuple(float(x) for x in rep.std(0).clamp(min=1e-3))
+    )
+
+
+def evaluate(
+    model: Denoiser,
+    schedules: Schedules,
+    crystals: Sequence[Crystal],
+    stats: LatticeStats,
+    energy: tuple[float, float],
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Mean (lattice, coordinate) loss over ``crystals`` with fixed noise (seeded)."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total_l = total_f = 0.0
+    count = 0
+    with torch.no_grad():
+        for idx in _batches(crystals, np.random.default_rng(seed), shuffle=False):
+            batch = {
+                k: v.to(device)
+                for k, v in collate([crystals[i] for i in idx], stats, energy).items()
+            }
+            lat, coord = diffusion_loss(model, schedules, generator=gen, **batch)
+            total_l += float(lat) * len(idx)
+            total_f += float(coord) * len(idx)
+            count += len(idx)
+    model.train()
+    return total_l / count, total_f / count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train and write a checkpoint plus a JSON training log next to it."""
+    parser = argparse.ArgumentParser(description="Train the crystalforge diffusion model.")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--cache", type=Path, default=Path("runs/diffusion/train_cache.npz"))
+    parser.add_argument("--out", type=Path, default=Path("generators/diffusion/checkpoint.pt"))
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--minutes", type=float, default=40.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=0, help="use only this many rows (tests)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+
+    crystals, ids = load_crystals(args.data_dir, args.cache)
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(len(crystals))
+    if args.limit:
+        perm = perm[: args.limit]
+    n_val = max(1, round(VAL_SHARE * len(perm)))
+    val = [crystals[i] for i in perm[:n_val]]
+    train = [crystals[i] for i in perm[n_val:]]
+    stats = lattice_stats(train)
+    energies = np.array([c.energy for c in train])
+    energy = (float(np.nanmean(energies)), float(np.nanstd(energies)))
+    config = ModelConfig(hidden=args.hidden, layers=args.layers)
+    model = Denoiser(config)
+    model.set_lattice_stats(stats)
+    model.to(device)
+    schedules = Schedules.default()
+    params = sum(p.numel() for p in model.parameters())
+    logger.info("train %d, val %d, %d parameters, device %s", len(train), len(val), params, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    steps_per_epoch = sum(1 for _ in _batches(train, np.random.default_rng(0), shuffle=True))
+    deadline = time.monotonic() + args.minutes * 60
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    history: list[dict[str, Any]] = []
+    best = math.inf
+    start = time.monotonic()
+    step = 0
+    for epoch in range(args.epochs):
+        # Learning rate: cosine over the time budget (the binding limit on CPU).
+        run_l = run_f = 0.0
+        for idx in _batches(train, rng, shuffle=True):
+            frac_time = min(1.0, (time.monotonic() - start) / (args.minutes * 60))
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac_time)))
+            batch = {
+                k: v.to(device) for k, v in collate([train[i] for i in idx], stats, energy).items()
+            }
+            drop = torch.rand(len(idx), device=device, generator=gen) < PROP_DROP
+            batch["prop"] = torch.where(
+                drop, torch.full_like(batch["prop"], float("nan")), batch["prop"]
+            )
+            lat, coord = diffusion_loss(model, schedules, generator=gen, **batch)
+            loss = lat + coord
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            run_l += float(lat)
+            run_f += float(coord)
+            step += 1
+            if time.monotonic() > deadline:
+                break
+        val_l, val_f = evaluate(model, schedules, val, stats, energy, device)
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "minutes": round((time.monotonic() - start) / 60, 2),
+            "train_lattice": run_l / steps_per_epoch,
+            "train_coord": run_f / steps_per_epoch,
+            "val_lattice": val_l,
+            "val_coord": val_f,
+        }
+        history.append(record)
+        logger.info("%s", record)
+        if val_l + val_f < best:
+            best = val_l + val_f
+            _save(args.out, model, stats, energy, config, record, len(train), len(val), args)
+        if time.monotonic() > deadline:
+            break
+    log = {
+        "history": history,
+        "train_rows": len(train),
+        "val_rows": len(val),
+        "parameters": params,
+        "seed": args.seed,
+        "device": str(device),
+        "total_minutes": round((time.monotonic() - start) / 60, 2),
+        "validation_ids_sample": [ids[i] for i in perm[:5]],
+    }
+    args.out.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
+    return 0
+
+
+def _save(
+    path: Path,
+    model: Denoiser,
+    stats: LatticeStats,
+    energy: tuple[float, float],
+    config: ModelConfig,
+    record: dict[str, Any],
+    n_train: int,
+    n_val: int,
+    args: argparse.Namespace,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
+        for k, v in model.state_dict().items()
+    }
+    torch.save(
+        {
+            "format": 1,
+            "config": model_config_dict(config),
+            "state_dict": state,
+            "lattice_stats": {"mean": list(stats.mean), "std": list(stats.std)},
+            "energy_stats": list(energy),
+            "record": record,
+            "train_rows": n_train,
+            "val_rows": n_val,
+            "seed": args.seed,
+        },
+        path,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
