@@ -36,6 +36,8 @@ _GENERATORS: dict[str, tuple[str, str, str | None]] = {
     "pyxtal": ("crystalforge.generators.symmetry", "PyXtalGenerator", None),
     "substitution": ("crystalforge.generators.substitution", "SubstitutionGenerator", None),
     "wyckoff": ("crystalforge.generators.wyckoff", "WyckoffPriorGenerator", None),
+    "mattergen": ("crystalforge.generators.external", "mattergen", None),
+    "crystallm": ("crystalforge.generators.external", "crystallm", None),
     # Runs out of process in its own venv (python -m crystalforge.generators.wyformer setup).
     "wyformer": ("crystalforge.generators.wyformer", "WyFormerGenerator", None),
 }
