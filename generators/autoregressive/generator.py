@@ -132,8 +132,8 @@ class AutoregressiveGenerator:
     """Softmax temperature of sampling (lower: more typical sequences)."""
     checkpoint_path: str | None = None
     """Checkpoint written by ``autoregressive.train``; ``None``: the one shipped in the package."""
-    samples_per_structure: int = 16
-    """Sequences sampled per requested structure at most."""
+    samples_per_structure: int = 64
+    """Sequences sampled per requested structure at most (counted for at least 4 structures)."""
     pyxtal_attempts: int = 2
     """PyXtal placements tried per sampled sequence."""
     volume_factor: float = 1.0
@@ -235,7 +235,7 @@ class AutoregressiveGenerator:
 
         generator = torch.Generator().manual_seed(request.seed % 2**63)
         deadline = time.monotonic() + self.timeout_s
-        budget = request.num_structures * self.samples_per_structure
+        budget = max(request.num_structures, 4) * self.samples_per_structure
         out: list[Candidate] = []
         seen: set[str] = set()
         sampled = rejected = failed = duplicates = 0
@@ -422,9 +422,30 @@ def _allowed(
     if step % 2 == 0:  # element (or end)
         allowed: list[int] = []
         last_z = _z(state.sites[-1][0]) if state.sites else 0
-        if len(state.sites) < MAX_SITES:
-            allowed = [i for i in pool_ids if _z(vocab.tokens[i]) >= last_z]
+        used_fixed = {w for _, w in state.sites if _fixed(state.space_group, w)}
+        room = request.max_atoms * centering - state.atoms
+        # Look ahead one token: an element is allowed only if some site can still take it.
+        smallest = min(
+            (
+                multiplicity(label)
+                for label, fixed in _wyckoff_table(state.space_group)
+                if not (fixed and label in used_fixed)
+            ),
+            default=room + 1,
+        )
         present = {e for e, _ in state.sites}
+        missing = required - present
+        if len(state.sites) < MAX_SITES and smallest <= room:
+            for i in pool_ids:
+                element = vocab.tokens[i]
+                z = _z(element)
+                left = missing - {element}
+                # Canonical order is by atomic number: elements still required must come later.
+                if z < last_z or any(_z(m) <= z for m in left):
+                    continue
+                if (len(left) + 1) * smallest > room:
+                    continue
+                allowed.append(i)
         primitive, remainder = divmod(state.atoms, centering)
         if (
             required <= present
@@ -435,7 +456,7 @@ def _allowed(
             allowed.append(vocab.eos)
         return allowed
     element = state.sites[-1][0] if state.sites else ""
-    same = [w for e, w in state.sites if e == element]
+    same = [w for e, w in state.sites[:-1] if e == element]
     used_fixed = {w for _, w in state.sites if _fixed(state.space_group, w)}
     limit = request.max_atoms * centering - state.atoms
     last_key = (multiplicity(same[-1]), same[-1][-1]) if same else (0, "")

@@ -189,9 +189,9 @@ def train(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
-    if dev.type == "auto":
-        dev = torch.device("cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     order = rng.permutation(len(genes))
     n_val = max(1, int(len(genes) * VALIDATION_SHARE))
     val_rows = [genes[i] for i in order[:n_val]]
@@ -238,7 +238,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             count += len(batch)
         model.eval()
         with torch.no_grad():

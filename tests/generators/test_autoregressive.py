@@ -1,0 +1,119 @@
+"""The autoregressive generator: tokenizer, model, masked sampling, fallback, and the contract
+on the checkpoint shipped in the package."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from crystalforge.core.errors import ConfigError, GenerationFailed
+from crystalforge.generators.autoregressive.generator import (
+    DEFAULT_CHECKPOINT,
+    AutoregressiveGenerator,
+    _load,
+    build_from_gene,
+)
+from crystalforge.generators.autoregressive.tokenizer import WyckoffGene, build_vocabulary
+from crystalforge.generators.base import GenerationRequest
+from crystalforge.generators.registry import load_generator
+from tests.contracts.generator import CONTRACT_REQUEST, make_generator_contract_tests
+
+pytestmark = pytest.mark.skipif(
+    not DEFAULT_CHECKPOINT.exists(), reason=f"checkpoint {DEFAULT_CHECKPOINT} not shipped"
+)
+
+ROCK_SALT = WyckoffGene.of(225, [("Cl", "4b"), ("Na", "4a")])
+
+
+def test_gene_is_canonical_and_round_trips() -> None:
+    assert ROCK_SALT.sites == (("Na", "4a"), ("Cl", "4b"))  # by atomic number
+    vocab = build_vocabulary([ROCK_SALT])
+    ids = vocab.encode(ROCK_SALT)
+    assert ids[0] == vocab.bos
+    assert ids[-1] == vocab.eos
+    assert vocab.decode(ids) == ROCK_SALT
+    assert ROCK_SALT.pyxtal_inputs() == (["Na", "Cl"], [4, 4], [["4a"], ["4b"]])
+
+
+def test_unknown_token_and_bad_sequence_are_named() -> None:
+    vocab = build_vocabulary([ROCK_SALT])
+    with pytest.raises(KeyError, match="'K'"):
+        vocab.encode(WyckoffGene.of(225, [("K", "4a"), ("Cl", "4b")]))
+    with pytest.raises(ValueError, match="space-group token"):
+        vocab.decode([vocab.index["Na"]])
+
+
+def test_build_from_gene_gives_primitive_rock_salt() -> None:
+    structure = build_from_gene(ROCK_SALT, seed=0)
+    assert structure is not None
+    assert len(structure) == 2
+    assert structure.composition.reduced_formula == "NaCl"
+
+
+def test_model_is_causal() -> None:
+    import torch
+
+    model = _load(str(DEFAULT_CHECKPOINT)).model
+    ids = torch.tensor([[1, 5, 240, 245, 2]])
+    changed = ids.clone()
+    changed[0, 4] = 3
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert torch.allclose(a[0, :4], b[0, :4], atol=1e-5)
+    assert 1e5 < model.num_parameters() < 2e6
+
+
+@pytest.fixture(scope="module")
+def autoregressive_generator() -> AutoregressiveGenerator:
+    return AutoregressiveGenerator(fallback="none")
+
+
+TestAutoregressiveContract = make_generator_contract_tests("autoregressive_generator")
+
+
+def test_space_group_is_forced(autoregressive_generator: AutoregressiveGenerator) -> None:
+    request = GenerationRequest(
+        num_structures=3, seed=0, chemical_system=("Cl", "Na"), space_groups=(225,)
+    )
+    out = autoregressive_generator.generate(request)
+    assert out
+    for candidate in out:
+        assert candidate.parameters["space_group"] == 225
+        assert str(candidate.parameters["wyckoff_gene"]).startswith("225 ")
+        assert "fallback" not in candidate.parameters
+
+
+def test_unseen_element_falls_back_and_says_so() -> None:
+    vocab = _load(str(DEFAULT_CHECKPOINT)).vocab
+    unseen = next(e for e in ("Tc", "Pm", "Pa", "Np", "Ac", "Pu", "Am") if e not in vocab.index)
+    request = GenerationRequest(num_structures=2, seed=0, chemical_system=("O", unseen))
+    with pytest.raises(GenerationFailed, match=rf"\['{unseen}'\] never occur"):
+        AutoregressiveGenerator(fallback="none").generate(request)
+    out = AutoregressiveGenerator().generate(request)
+    assert out
+    for candidate in out:
+        assert candidate.generator == "autoregressive"
+        assert candidate.parameters["fallback"] == "wyckoff"
+        assert unseen in str(candidate.parameters["fallback_reason"])
+
+
+def test_unsupported_space_group_is_named() -> None:
+    counts = _load(str(DEFAULT_CHECKPOINT)).space_group_counts
+    rare = next(sg for sg in range(230, 0, -1) if counts.get(sg, 0) == 0)
+    request = dataclasses.replace(CONTRACT_REQUEST, space_groups=(rare,), min_atoms=1)
+    with pytest.raises(GenerationFailed, match=rf"space group\(s\) \[{rare}\] have too little"):
+        AutoregressiveGenerator(fallback="none").generate(request)
+
+
+def test_temperature_changes_samples_and_is_checked() -> None:
+    with pytest.raises(ConfigError, match="temperature"):
+        AutoregressiveGenerator(temperature=0)
+    cold = AutoregressiveGenerator(temperature=0.5, fallback="none").generate(CONTRACT_REQUEST)
+    assert {c.parameters["temperature"] for c in cold} == {0.5}
+
+
+def test_registry_entry() -> None:
+    generator = load_generator("autoregressive", temperature=0.8)
+    assert isinstance(generator, AutoregressiveGenerator)
+    assert generator.family == "autoregressive"
