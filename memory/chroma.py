@@ -351,30 +351,7 @@ class ChromaMemory:
 
         Results are cached per key until the next write by this process.
         """
-        cache_key = (formula_key, exclude_run)
-        cached = self._formula_cache.get(cache_key)
-        if cached is not None:
-            return cached
-        out: list[tuple[str, Structure]] = []
-        for name in ("references", "candidates"):
-            got = self.collection(name).get(
-                where={"$and": [{"formula": formula_key}, {"has_structure": True}]},
-                include=["documents", "metadatas"],
-            )
-            for entry_id, doc, meta in zip(
-                got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True
-            ):
-                if name == "candidates" and exclude_run and meta.get("run_id") == exclude_run:
-                    continue
-                try:
-                    structure = record_to_structure(doc)
-                except ValueError as exc:
-                    logger.warning("skipping unreadable stored structure %s: %s", entry_id, exc)
-                    continue
-                structure.properties["material_id"] = entry_id
-                out.append((entry_id, structure))
-        self._formula_cache[cache_key] = out
-        return out
+        return self.structures_with_formulas([formula_key], exclude_run=exclude_run)[formula_key]
 
     def structures_with_formulas(
         self, formula_keys: Iterable[str], *, exclude_run: str | None = None
