@@ -17,7 +17,7 @@ import pytest
 from crystalforge.agent.api import compile_request
 from crystalforge.agent.context import Context
 from crystalforge.agent.llm.openai_backend import OpenAIBackend
-from crystalforge.agent.runner import start_run
+from crystalforge.agent.runner import run_values, start_run, submit_review
 from crystalforge.core.spec import Budget
 from tests.agent.openai_server import ScriptedOpenAIServer
 
@@ -27,44 +27,49 @@ if TYPE_CHECKING:
 REQUEST = "a stable Mg-O oxide with at most 8 atoms per cell, 50 candidates"
 
 
+def _script(server: ScriptedOpenAIServer) -> None:
+    """Compile, plan, reflect, plan, then a tool-calling final answer with an invented value."""
+    server.reply_tool_call(
+        "submit_design_spec",
+        {
+            "chemical_system": ["Mg", "O"],
+            "max_atoms": 8,
+            "targets": [{"name": "e_above_hull", "max": 0.1}],
+            "num_candidates": 50,
+        },
+    )
+    server.reply_tool_call(
+        "submit_round_plan",
+        {
+            "tasks": [{"generator": "fake", "num_structures": 3, "purpose": "explore"}],
+            "references": ["MgO"],
+            "rationale": ["first round: explore the Mg-O space"],
+        },
+    )
+    server.reply_tool_call(
+        "submit_reflection",
+        {"changes": ["the fake family is the only one; keep it"], "prefer_generator": "fake"},
+    )
+    server.reply_tool_call(
+        "submit_round_plan",
+        {
+            "tasks": [{"generator": "fake", "num_structures": 50, "purpose": "exploit"}],
+            "references": [],
+            "rationale": ["exploit what came closest"],
+        },
+    )
+    server.reply_tool_call("list_candidates", {"limit": 3})
+    server.reply_text(
+        "The run used 2 rounds. One value here is invented: 7.77777 eV/atom. "
+        "The rest comes from the tool results."
+    )
+
+
 @pytest.mark.usefixtures("allow_llm_requests")
 def test_multi_round_design_in_openai_mode(monkeypatch, tmp_path: Path, data_dir: Path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
     with ScriptedOpenAIServer() as server:
-        server.reply_tool_call(
-            "submit_design_spec",
-            {
-                "chemical_system": ["Mg", "O"],
-                "max_atoms": 8,
-                "targets": [{"name": "e_above_hull", "max": 0.1}],
-                "num_candidates": 50,
-            },
-        )
-        server.reply_tool_call(
-            "submit_round_plan",
-            {
-                "tasks": [{"generator": "fake", "num_structures": 3, "purpose": "explore"}],
-                "references": ["MgO"],
-                "rationale": ["first round: explore the Mg-O space"],
-            },
-        )
-        server.reply_tool_call(
-            "submit_reflection",
-            {"changes": ["the fake family is the only one; keep it"], "prefer_generator": "fake"},
-        )
-        server.reply_tool_call(
-            "submit_round_plan",
-            {
-                "tasks": [{"generator": "fake", "num_structures": 50, "purpose": "exploit"}],
-                "references": [],
-                "rationale": ["exploit what came closest"],
-            },
-        )
-        server.reply_tool_call("list_candidates", {"limit": 3})
-        server.reply_text(
-            "The run used 2 rounds. One value here is invented: 7.77777 eV/atom. "
-            "The rest comes from the tool results."
-        )
+        _script(server)
 
         backend = OpenAIBackend(model_name="test-model", base_url=server.base_url)
         compiled = compile_request(REQUEST, backend=backend)
@@ -125,3 +130,55 @@ def test_multi_round_design_in_openai_mode(monkeypatch, tmp_path: Path, data_dir
     tool_result = server.requests[5]["messages"][-1]
     assert tool_result["role"] == "tool"
     assert json.loads(tool_result["content"].split("\n")[1])  # quoted JSON data
+
+
+@pytest.mark.usefixtures("allow_llm_requests")
+def test_openai_design_conversation_with_a_review_step(monkeypatch, tmp_path: Path, data_dir: Path):
+    """The same conversation with review on: the run stops for the reviewer after each round and
+    resumes from its SQLite checkpoint; the reviewer's note reaches the model as quoted data."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+    run_dir = tmp_path / "run"
+    with ScriptedOpenAIServer() as server:
+        _script(server)
+        backend = OpenAIBackend(model_name="test-model", base_url=server.base_url)
+        compiled = compile_request(REQUEST, backend=backend)
+        spec = compiled.spec.model_copy(
+            update={"budget": Budget(max_rounds=2, samples_per_round=4, max_validator_calls=50)}
+        )
+        context = Context(
+            run_dir=run_dir,
+            data_dir=data_dir,
+            llm="openai",
+            llm_model="test-model",
+            llm_base_url=server.base_url,
+            generators=("fake",),
+            relaxer="fake",
+            review=True,
+        )
+        outcome = start_run(spec, context, llm_tokens=compiled.tokens)
+        assert outcome.stop_reason == "waiting for review"
+        assert outcome.pending_review is not None
+        assert len(server.requests) == 2  # compile + first plan; nothing after the interrupt
+        ids = [p["id"] for p in outcome.pending_review["proposals"]]
+        assert ids
+        outcome = submit_review(
+            run_dir,
+            {"decisions": [{"id": ids[0], "action": "reject", "note": "too much Mg"}]},
+        )
+        assert outcome.pending_review is not None
+        assert outcome.pending_review["round"] == 1
+        # The reflection the model was asked for quotes the reviewer's note as data.
+        reflect_prompt = json.dumps(server.requests[2]["messages"])
+        assert "too much Mg" in reflect_prompt
+        assert "<data" in reflect_prompt
+        outcome = submit_review(run_dir, {"decisions": []})
+
+    assert not server.replies
+    assert outcome.pending_review is None
+    assert outcome.stop_reason == "round budget spent (2 rounds)"
+    assert len(server.requests) == 6
+    memo = run_values(run_dir)["memos"][0]
+    assert memo["source"] == "llm"
+    report = outcome.report_path.read_text()
+    assert "rejected by reviewer: too much Mg" in report
+    assert "7.77777 [unverified]" in report
