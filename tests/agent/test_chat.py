@@ -156,3 +156,52 @@ def test_resume_continues_a_run_waiting_for_review(tmp_path: Path, data_dir: Pat
         r["action"] == "approve"
         for r in load_reviews(tmp_path / "runs" / session.runs[0].split("/")[-1])
     )
+
+
+@pytest.mark.usefixtures("allow_llm_requests")
+def test_chat_in_openai_mode_uses_the_model_then_answers_from_run_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path
+):
+    """The chat's ``--llm openai`` path: the real openai client against a scripted server on
+    127.0.0.1 compiles the request, plans the round and writes the answer; the follow-up is
+    answered from run data without another model call."""
+    from tests.agent.openai_server import ScriptedOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
+    replies: list[str] = []
+    with ScriptedOpenAIServer() as server:
+        server.reply_tool_call(
+            "submit_design_spec",
+            {
+                "chemical_system": ["Mg", "O"],
+                "max_atoms": 8,
+                "targets": [{"name": "e_above_hull", "max": 0.1}],
+                "num_candidates": 50,
+            },
+        )
+        server.reply_tool_call(
+            "submit_round_plan",
+            {
+                "tasks": [{"generator": "fake", "num_structures": 3, "purpose": "explore"}],
+                "references": [],
+                "rationale": ["explore Mg-O"],
+            },
+        )
+        server.reply_text("One round ran on the Mg-O system.")
+        options = _options(tmp_path, data_dir, llm="openai", model="test-model")
+        options.base_url = server.base_url
+        run_chat(
+            iter(["a stable Mg-O oxide, at most 8 atoms", "show me the two most stable", "quit"]),
+            replies.append,
+            options=options,
+        )
+    assert not server.replies, "every scripted reply was used"
+    assert len(server.requests) == 3
+    assert server.requests[0]["tools"][0]["function"]["name"] == "submit_design_spec"
+    assert server.requests[1]["tools"][0]["function"]["name"] == "submit_round_plan"
+    text = "\n".join(replies)
+    assert "request compiled by" in text or "Design spec" in text
+    assert "round 0: fake x3" in text
+    two = next(r for r in replies if r.startswith("The 2 most stable"))
+    energies = [float(line.split("E_hull ")[1].split()[0]) for line in two.splitlines()[1:]]
+    assert energies == sorted(energies)
