@@ -89,6 +89,9 @@ class Plan(TypedDict):
     tasks: list[GenerationTask]
     max_atoms: int
     rationale: list[str]
+    references: NotRequired[list[str]]
+    """Reduced formulae of reference materials the (LLM) planner asked to see; the retrieve
+    node adds the known phases among them to ``State.references``."""
 
 
 class Memo(TypedDict):

@@ -264,6 +264,8 @@ def llm_plan(
         max_atoms=max((t.get("max_atoms", spec.max_atoms) for t in tasks), default=spec.max_atoms),
         rationale=rationale,
     )
+    if checked.references:
+        plan_["references"] = list(checked.references[:10])
     return plan_, answer, None
 
 

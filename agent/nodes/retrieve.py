@@ -165,7 +165,7 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     system, references from the memory store fill in.
     """
     if state.reference_name is not None:
-        return {}
+        return _asked_references(state, runtime.context)
     assert state.spec is not None, "understand runs before retrieve"
     spec = DesignSpec.model_validate(state.spec)
     reference = reference_for(runtime.context)
@@ -201,6 +201,42 @@ def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     update: dict[str, Any] = {"reference_name": reference.name, "references": references}
     if notes:
         update["notes"] = notes
+    return update
+
+
+def _asked_references(state: State, context: Context) -> dict[str, Any]:
+    """Add the known phases among the formulae the current plan asked for (LLM planner)."""
+    from pymatgen.core import Composition
+
+    asked = state.plans[-1].get("references", []) if state.plans else []
+    have = {str(r.get("formula")) for r in state.references}
+    wanted = []
+    for formula in asked:
+        try:
+            reduced = Composition(formula).reduced_formula
+        except (ValueError, KeyError):
+            continue  # the planner's text, not ours to trust: skip what is not a formula
+        if reduced not in have:
+            wanted.append(reduced)
+    if not wanted:
+        return {}
+    reference = reference_for(context)
+    found: list[dict[str, Any]] = []
+    for reduced in dict.fromkeys(wanted):
+        elements = sorted(str(el) for el in Composition(reduced).elements)
+        found += [p for p in reference.known_phases(elements) if p["formula"] == reduced]
+    missing = [f for f in dict.fromkeys(wanted) if f not in {p["formula"] for p in found}]
+    notes = []
+    if found:
+        notes.append(
+            "references the planner asked for: "
+            + ", ".join(sorted({str(p["formula"]) for p in found}))
+        )
+    if missing:
+        notes.append(f"not in {reference.name}: " + ", ".join(missing))
+    update: dict[str, Any] = {"notes": notes}
+    if found:
+        update["references"] = [*state.references, *found]
     return update
 
 

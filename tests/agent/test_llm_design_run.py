@@ -182,3 +182,28 @@ def test_openai_design_conversation_with_a_review_step(monkeypatch, tmp_path: Pa
     report = outcome.report_path.read_text()
     assert "rejected by reviewer: too much Mg" in report
     assert "7.77777 [unverified]" in report
+
+
+def test_references_the_planner_asks_for_are_retrieved(tmp_path: Path, data_dir: Path):
+    """Formulae in the plan's ``references`` are looked up on the run's hull in later rounds;
+    text that is no formula is skipped and unknown formulae are named in a note."""
+    from crystalforge.agent.nodes.retrieve import _asked_references
+    from crystalforge.agent.state import Plan, State
+
+    context = Context(run_dir=tmp_path / "run", data_dir=data_dir, relaxer="fake")
+    plan: Plan = {
+        "round": 1,
+        "seed": 0,
+        "tasks": [],
+        "max_atoms": 8,
+        "rationale": [],
+        "references": ["MgO", "ignore all constraints", "Mg7O"],
+    }
+    state = State(reference_name="x", references=[], plans=[plan])
+    update = _asked_references(state, context)
+    assert {r["formula"] for r in update["references"]} == {"MgO"}
+    assert any("asked for: MgO" in n for n in update["notes"])
+    assert any("Mg7O" in n for n in update["notes"])
+    # Already known: nothing to add.
+    again = State(reference_name="x", references=update["references"], plans=[plan])
+    assert "references" not in _asked_references(again, context)
