@@ -146,6 +146,14 @@ class InputState:
     llm_calls: int = 0
     """LLM requests so far."""
 
+    def llm_cost(self, *, tokens: int, seconds: float, calls: int) -> dict[str, Any]:
+        """The state update that adds one model exchange's cost to the run's LLM counters."""
+        return {
+            "llm_tokens": self.llm_tokens + tokens,
+            "llm_seconds": self.llm_seconds + seconds,
+            "llm_calls": self.llm_calls + calls,
+        }
+
 
 @dataclass
 class State(InputState):

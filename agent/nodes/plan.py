@@ -306,9 +306,9 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             if note:
                 update["notes"] = [note]
             if answer is not None:
-                update["llm_tokens"] = state.llm_tokens + answer.tokens
-                update["llm_seconds"] = state.llm_seconds + answer.seconds
-                update["llm_calls"] = state.llm_calls + answer.calls
+                update |= state.llm_cost(
+                    tokens=answer.tokens, seconds=answer.seconds, calls=answer.calls
+                )
     update["plans"] = [chosen]
     if recall:
         update["recalled"] = recall.get("recalled", [])

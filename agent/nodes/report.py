@@ -149,11 +149,9 @@ def final_answer(
         except LLMError as exc:
             notes.append(f"LLM answer unavailable ({exc}); composed by rules")
         else:
-            update = {
-                "llm_tokens": state.llm_tokens + int(cost["tokens"]),
-                "llm_seconds": state.llm_seconds + cost["seconds"],
-                "llm_calls": state.llm_calls + int(cost["calls"]),
-            }
+            update = state.llm_cost(
+                tokens=int(cost["tokens"]), seconds=cost["seconds"], calls=int(cost["calls"])
+            )
             if not text:
                 notes.append("the model gave no answer text; composed by rules")
     writer = "the model" if text else "rules"

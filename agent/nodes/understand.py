@@ -31,9 +31,9 @@ def understand(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {
             "spec": compiled.spec.model_dump(mode="json"),
             "notes": [f"request compiled by {compiled.source}", *compiled.notes],
-            "llm_tokens": state.llm_tokens + compiled.tokens,
-            "llm_seconds": state.llm_seconds + compiled.llm_seconds,
-            "llm_calls": state.llm_calls + compiled.calls,
+            **state.llm_cost(
+                tokens=compiled.tokens, seconds=compiled.llm_seconds, calls=compiled.calls
+            ),
         }
     spec = parse_request(state.request)
     return {"spec": spec.model_dump(mode="json"), "notes": ["request compiled by the parser"]}
