@@ -24,6 +24,9 @@ from tests.agent.openai_server import ScriptedOpenAIServer
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from crystalforge.agent.llm.compile_spec import CompiledRequest
+    from crystalforge.core.spec import DesignSpec
+
 REQUEST = "a stable Mg-O oxide with at most 8 atoms per cell, 50 candidates"
 
 
@@ -65,26 +68,35 @@ def _script(server: ScriptedOpenAIServer) -> None:
     )
 
 
+def _compile_two_rounds(
+    server: ScriptedOpenAIServer, run_dir: Path, data_dir: Path, *, review: bool = False
+) -> tuple[CompiledRequest, DesignSpec, Context]:
+    """Compile REQUEST through the server; a 2-round budget and an openai-mode context."""
+    backend = OpenAIBackend(model_name="test-model", base_url=server.base_url)
+    compiled = compile_request(REQUEST, backend=backend)
+    spec = compiled.spec.model_copy(
+        update={"budget": Budget(max_rounds=2, samples_per_round=4, max_validator_calls=50)}
+    )
+    context = Context(
+        run_dir=run_dir,
+        data_dir=data_dir,
+        llm="openai",
+        llm_model="test-model",
+        llm_base_url=server.base_url,
+        generators=("fake",),
+        relaxer="fake",
+        review=review,
+    )
+    return compiled, spec, context
+
+
 @pytest.mark.usefixtures("allow_llm_requests")
 def test_multi_round_design_in_openai_mode(monkeypatch, tmp_path: Path, data_dir: Path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
     with ScriptedOpenAIServer() as server:
         _script(server)
 
-        backend = OpenAIBackend(model_name="test-model", base_url=server.base_url)
-        compiled = compile_request(REQUEST, backend=backend)
-        spec = compiled.spec.model_copy(
-            update={"budget": Budget(max_rounds=2, samples_per_round=4, max_validator_calls=50)}
-        )
-        context = Context(
-            run_dir=tmp_path / "run",
-            data_dir=data_dir,
-            llm="openai",
-            llm_model="test-model",
-            llm_base_url=server.base_url,
-            generators=("fake",),
-            relaxer="fake",
-        )
+        compiled, spec, context = _compile_two_rounds(server, tmp_path / "run", data_dir)
         seen: list[tuple[str, dict]] = []
         outcome = start_run(
             spec,
@@ -140,21 +152,7 @@ def test_openai_design_conversation_with_a_review_step(monkeypatch, tmp_path: Pa
     run_dir = tmp_path / "run"
     with ScriptedOpenAIServer() as server:
         _script(server)
-        backend = OpenAIBackend(model_name="test-model", base_url=server.base_url)
-        compiled = compile_request(REQUEST, backend=backend)
-        spec = compiled.spec.model_copy(
-            update={"budget": Budget(max_rounds=2, samples_per_round=4, max_validator_calls=50)}
-        )
-        context = Context(
-            run_dir=run_dir,
-            data_dir=data_dir,
-            llm="openai",
-            llm_model="test-model",
-            llm_base_url=server.base_url,
-            generators=("fake",),
-            relaxer="fake",
-            review=True,
-        )
+        compiled, spec, context = _compile_two_rounds(server, run_dir, data_dir, review=True)
         outcome = start_run(spec, context, llm_tokens=compiled.tokens)
         assert outcome.stop_reason == "waiting for review"
         assert outcome.pending_review is not None
