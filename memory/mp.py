@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from crystalforge.core.errors import DataError, MissingExtraError
 from crystalforge.core.settings import Settings
 from crystalforge.memory.embeddings import structure_record
-from crystalforge.memory.reference_data import chemsys_of
+from crystalforge.memory.reference_data import chemsys_of, hull_phases
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Structure
 
     from crystalforge.memory.chroma import ChromaMemory
@@ -309,32 +309,27 @@ class MPReference:
     ) -> list[dict[str, Any]]:
         """Known MP materials of the system, most stable (on this hull) first."""
         system = chemsys_of(chemsys)
-        diagram = self.phase_diagram(system)
-        phases = []
         rows = {r["material_id"]: r for r in self._system_rows(system)}
-        for entry in diagram.all_entries:
+
+        def describe(entry: PDEntry) -> dict[str, Any] | None:
             row = rows.get(str(entry.attribute)) if entry.attribute else None
             if row is None:
-                continue
-            if exact and len(entry.composition.elements) != len(system):
-                continue
-            e_hull = float(diagram.get_e_above_hull(entry, allow_negative=True) or 0.0)
-            if max_e_above_hull is not None and e_hull > max_e_above_hull:
-                continue
-            phases.append(
-                {
-                    "material_id": row["material_id"],
-                    "formula": entry.composition.reduced_formula,
-                    "n_atoms": round(entry.composition.num_atoms),
-                    "formation_energy_per_atom": row["formation_energy_per_atom"],
-                    "e_above_hull": e_hull,
-                    "spacegroup": row.get("spacegroup"),
-                    "source": "mp",
-                    "hull": self.name,
-                }
-            )
-        phases.sort(key=lambda p: (p["e_above_hull"], p["formula"], p["material_id"]))
-        return phases
+                return None
+            return {
+                "material_id": row["material_id"],
+                "formation_energy_per_atom": row["formation_energy_per_atom"],
+                "spacegroup": row.get("spacegroup"),
+                "source": "mp",
+            }
+
+        return hull_phases(
+            self.phase_diagram(system),
+            describe,
+            n_elements=len(system),
+            max_e_above_hull=max_e_above_hull,
+            exact=exact,
+            hull_name=self.name,
+        )
 
     def reference_structures(self, formula: str) -> list[Structure]:
         """MP structures with this formula (``properties["material_id"]`` set)."""

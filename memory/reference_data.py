@@ -45,7 +45,7 @@ from crystalforge.core.errors import DataError
 from crystalforge.core.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from crystalforge.tools.validators.chgnet import DeviceChoice
 
@@ -472,31 +472,26 @@ class ReferenceData:
             ``source`` (data file) and ``hull`` (this hull's name).
         """
         system = chemsys_of(chemsys)
-        diagram = self.phase_diagram(system)
-        phases = []
-        for entry in diagram.all_entries:
+
+        def describe(entry: PDEntry) -> dict[str, Any] | None:
             row = entry.attribute
             if not isinstance(row, _Row):
-                continue
-            if exact and len(row.counts) != len(system):
-                continue
-            e_hull = float(diagram.get_e_above_hull(entry, allow_negative=True) or 0.0)
-            if max_e_above_hull is not None and e_hull > max_e_above_hull:
-                continue
-            phases.append(
-                {
-                    "material_id": row.material_id,
-                    "formula": entry.composition.reduced_formula,
-                    "n_atoms": round(entry.composition.num_atoms),
-                    "formation_energy_per_atom": row.formation_energy_per_atom,
-                    "e_above_hull": e_hull,
-                    "spacegroup": row.spacegroup,
-                    "source": row.source,
-                    "hull": self.name,
-                }
-            )
-        phases.sort(key=lambda p: (p["e_above_hull"], p["formula"], p["material_id"]))
-        return phases
+                return None
+            return {
+                "material_id": row.material_id,
+                "formation_energy_per_atom": row.formation_energy_per_atom,
+                "spacegroup": row.spacegroup,
+                "source": row.source,
+            }
+
+        return hull_phases(
+            self.phase_diagram(system),
+            describe,
+            n_elements=len(system),
+            max_e_above_hull=max_e_above_hull,
+            exact=exact,
+            hull_name=self.name,
+        )
 
     # -- structures ------------------------------------------------------------------------
     def reference_structures(self, formula: str | Composition) -> list[Structure]:
@@ -816,3 +811,46 @@ def load_reference(data_dir: Path | str | None = None) -> ReferenceHull:
                 reference = ReferenceData.from_dir(root)
             _LOADED[root] = reference
         return reference
+
+
+def hull_phases(
+    diagram: PhaseDiagram,
+    describe: Callable[[PDEntry], dict[str, Any] | None],
+    *,
+    n_elements: int,
+    max_e_above_hull: float | None,
+    exact: bool,
+    hull_name: str,
+) -> list[dict[str, Any]]:
+    """The known phases on a phase diagram, most stable first (the ``known_phases`` rows).
+
+    Args:
+        diagram: Phase diagram of the system.
+        describe: An entry's ``material_id``, ``formation_energy_per_atom``, ``spacegroup`` and
+            ``source``, or ``None`` for entries that are no known material (e.g. elements).
+        n_elements: Elements in the system (for ``exact``).
+        max_e_above_hull: Keep phases at most this far above the hull, eV/atom (``None``: all).
+        exact: Only phases that contain every element of the system.
+        hull_name: The hull's name, written into every row.
+    """
+    phases = []
+    for entry in diagram.all_entries:
+        row = describe(entry)
+        if row is None:
+            continue
+        if exact and len(entry.composition.elements) != n_elements:
+            continue
+        e_hull = float(diagram.get_e_above_hull(entry, allow_negative=True) or 0.0)
+        if max_e_above_hull is not None and e_hull > max_e_above_hull:
+            continue
+        phases.append(
+            {
+                **row,
+                "formula": entry.composition.reduced_formula,
+                "n_atoms": round(entry.composition.num_atoms),
+                "e_above_hull": e_hull,
+                "hull": hull_name,
+            }
+        )
+    phases.sort(key=lambda p: (p["e_above_hull"], p["formula"], p["material_id"]))
+    return phases
