@@ -34,6 +34,7 @@ _GENERATORS: dict[str, tuple[str, str, str | None]] = {
     ),
     "fake": ("crystalforge.generators.fake", "FakeGenerator", None),
     "pyxtal": ("crystalforge.generators.symmetry", "PyXtalGenerator", None),
+    "pyxtal-uniform": ("crystalforge.generators.symmetry", "UniformPyXtalGenerator", None),
     "substitution": ("crystalforge.generators.substitution", "SubstitutionGenerator", None),
     "wyckoff": ("crystalforge.generators.wyckoff", "WyckoffPriorGenerator", None),
     "mattergen": ("crystalforge.generators.external", "mattergen", None),

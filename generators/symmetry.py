@@ -337,10 +337,17 @@ class PyXtalGenerator:
     """Wall-clock budget for one ``generate`` call in seconds, checked between attempts."""
     max_cell_atoms: int = 120
     """Largest cell attempted; PyXtal needs minutes for a few hundred atoms."""
+    space_group_prior_share: float = PRIOR_SHARE
+    """Probability of drawing from :data:`SPACE_GROUP_PRIOR`; otherwise uniform over 2-230.
+    ``0`` is plain PyXtal random generation (registry name ``pyxtal-uniform``)."""
     name: str = field(default="pyxtal", init=False)
     family: Family = field(default="wyckoff", init=False)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.space_group_prior_share <= 1:
+            raise ConfigError(
+                f"space_group_prior_share must be in [0, 1], got {self.space_group_prior_share!r}"
+            )
         if self.max_attempts_per_structure < 1:
             raise ConfigError(
                 f"max_attempts_per_structure must be >= 1, got {self.max_attempts_per_structure!r}"
@@ -388,6 +395,7 @@ class PyXtalGenerator:
                 "oxidation_states": cell.choice.oxidation_label(),
                 "pyxtal_seed": pyxtal_seed,
                 "volume_factor": self.volume_factor,
+                "space_group_prior_share": self.space_group_prior_share,
             }
 
         return generate_with_budget(
@@ -411,7 +419,7 @@ class PyXtalGenerator:
             return by_group[space_group].draw(rng), space_group
         cell = cells.draw(rng)
         for _ in range(_GROUP_DRAWS):
-            space_group = _draw_space_group(rng)
+            space_group = _draw_space_group(rng, self.space_group_prior_share)
             if _compatible(space_group, cell.counts):
                 return cell, space_group
         return None
@@ -432,7 +440,19 @@ _PRIOR_WEIGHTS = np.array([SPACE_GROUP_PRIOR[g] for g in _PRIOR_GROUPS])
 _PRIOR_WEIGHTS = _PRIOR_WEIGHTS / _PRIOR_WEIGHTS.sum()
 
 
-def _draw_space_group(rng: np.random.Generator) -> int:
-    if rng.random() < PRIOR_SHARE:
+def _draw_space_group(rng: np.random.Generator, prior_share: float = PRIOR_SHARE) -> int:
+    if rng.random() < prior_share:
         return int(rng.choice(_PRIOR_GROUPS, p=_PRIOR_WEIGHTS))
     return int(rng.integers(2, 231))
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformPyXtalGenerator(PyXtalGenerator):
+    """Plain PyXtal random generation (registry name ``"pyxtal-uniform"``).
+
+    Space groups are drawn uniformly from 2-230, keeping those whose Wyckoff positions fit the
+    atom counts; no space-group prior. Otherwise the same as :class:`PyXtalGenerator`.
+    """
+
+    space_group_prior_share: float = 0.0
+    name: str = field(default="pyxtal-uniform", init=False)

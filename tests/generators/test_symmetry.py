@@ -15,7 +15,11 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from crystalforge.core.errors import ConfigError, GenerationFailed
 from crystalforge.generators.base import GenerationRequest
-from crystalforge.generators.symmetry import SPACE_GROUP_PRIOR, PyXtalGenerator
+from crystalforge.generators.symmetry import (
+    SPACE_GROUP_PRIOR,
+    PyXtalGenerator,
+    UniformPyXtalGenerator,
+)
 from tests.contracts.generator import make_generator_contract_tests
 
 
@@ -24,7 +28,27 @@ def pyxtal_generator() -> PyXtalGenerator:
     return PyXtalGenerator()
 
 
+@pytest.fixture
+def uniform_pyxtal_generator() -> UniformPyXtalGenerator:
+    return UniformPyXtalGenerator()
+
+
 TestPyXtalContract = make_generator_contract_tests("pyxtal_generator")
+TestUniformPyXtalContract = make_generator_contract_tests("uniform_pyxtal_generator")
+
+
+def test_uniform_baseline_draws_space_groups_without_the_prior() -> None:
+    request = GenerationRequest(num_structures=30, seed=5, chemical_system=("Li", "Mn", "O"))
+    with_prior = [c.parameters["space_group"] for c in PyXtalGenerator().generate(request)]
+    plain = UniformPyXtalGenerator().generate(request)
+    assert plain[0].generator == "pyxtal-uniform"
+    assert all(c.parameters["space_group_prior_share"] == 0.0 for c in plain)
+    in_prior = sum(c.parameters["space_group"] in SPACE_GROUP_PRIOR for c in plain)
+    # 36 of 229 groups are in the prior: a uniform draw rarely lands there, the prior mostly does.
+    assert in_prior < 0.6 * len(plain)
+    assert sum(sg in SPACE_GROUP_PRIOR for sg in with_prior) > 0.6 * len(with_prior)
+    with pytest.raises(ConfigError, match=r"space_group_prior_share must be in \[0, 1\], got 1.5"):
+        PyXtalGenerator(space_group_prior_share=1.5)
 
 
 def test_requested_space_group_is_used() -> None:
