@@ -184,6 +184,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--per-family", type=int, help="Structures per family and system (eval generators)."
     )
     evaluate.add_argument("--systems", type=int, help="Chemical systems drawn (eval generators).")
+    evaluate.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Processes sharing the work, one torch thread each (eval generators; default 1).",
+    )
     return parser
 
 
@@ -484,6 +490,7 @@ def _eval(args: argparse.Namespace) -> int:
         families=tuple(f.strip() for f in (args.families or "").split(",") if f.strip()),
         per_family=args.per_family,
         systems=args.systems,
+        workers=args.workers,
     )
     result = runner(options)
     table = Table(title=result.title)

@@ -42,6 +42,8 @@ class SuiteOptions:
     """Structures requested per generator family and chemical system (``None``: the default)."""
     systems: int | None = None
     """Number of chemical systems drawn (``None``: the suite's default)."""
+    workers: int = 1
+    """Processes that share the work (suites that support it; 1: in this process)."""
 
 
 @dataclass(frozen=True, kw_only=True)

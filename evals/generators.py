@@ -14,10 +14,12 @@ validation pipeline. Per family:
 - S.U.N.: metastable, unique and novel, as a share of everything generated;
 - samples/s: generation only; relax s/structure: CHGNet validation time.
 
-``pyxtal`` (random symmetric crystals without learned priors) is the baseline in the same run.
-Every share comes with a Wilson 95 % interval (structures as independent trials) and S.U.N.
-relative to the baseline with a bootstrap 95 % interval over systems (structures of one system
-are correlated, so that interval is the honest one for "2x the baseline"). The stage at which
+Two baselines are always in the same run: ``pyxtal-uniform`` (plain PyXtal random generation:
+space groups uniform over those whose Wyckoff positions fit the atom counts) and ``pyxtal``
+(the same with a hand-written ICSD-like space-group prior; no learned priors). Every share
+comes with a Wilson 95 % interval (structures as independent trials) and S.U.N. relative to
+each baseline with a bootstrap 95 % interval over systems (structures of one system are
+correlated, so that interval is the honest one for "2x the baseline"). The stage at which
 structures failed the pipeline is counted per family, and a bar chart of the shares is written
 to ``generators-shares.png`` in the output folder.
 """
@@ -25,11 +27,13 @@ to ``generators-shares.png`` in the output folder.
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -43,14 +47,20 @@ from crystalforge.tools.validators.composition import SmactValidator
 from crystalforge.tools.validators.pipeline import default_pipeline
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
 
     from crystalforge.core.candidate import Candidate
+    from crystalforge.core.settings import Device
 
 logger = logging.getLogger(__name__)
 
 BASELINE = "pyxtal"
-"""Registry name of the no-prior baseline (plain PyXtal random generation)."""
+"""Registry name of the baseline: PyXtal random generation with a hand-written ICSD-like
+space-group prior and no learned priors."""
+PLAIN_BASELINE = "pyxtal-uniform"
+"""Registry name of plain PyXtal random generation: uniform compatible space groups."""
+BASELINES = (BASELINE, PLAIN_BASELINE)
+"""Both are always in the run; S.U.N. is reported relative to each."""
 EXCLUDED = ("fake",)
 """Registered generators never compared by default (test doubles)."""
 SHARES = ("valid", "smact", "unique", "novel", "metastable", "sun")
@@ -66,7 +76,8 @@ COLUMNS = (
     "E_hull<=0.1 %",
     "S.U.N. %",
     "S.U.N. 95% CI",
-    "S.U.N. / baseline",
+    "S.U.N. / pyxtal",
+    "S.U.N. / pyxtal-uniform",
     "samples/s",
     "relax s/structure",
 )
@@ -91,9 +102,22 @@ class _Tally:
     per_system: list[tuple[int, int]] = field(default_factory=list)
     """(generated, S.U.N.) per system, in system order, for the bootstrap."""
 
+    def add(self, cell: _Cell) -> None:
+        """Add one system's cell (call in system order)."""
+        if cell.failure is not None:
+            self.failed_requests += 1
+            self.failure_reasons[cell.failure] = self.failure_reasons.get(cell.failure, 0) + 1
+            self.per_system.append((0, 0))
+            return
+        for name in ("generated", *SHARES, "generation_s", "relax_s", "relaxed"):
+            setattr(self, name, getattr(self, name) + getattr(cell, name))
+        for stage, count in cell.failed_stages.items():
+            self.failed_stages[stage] = self.failed_stages.get(stage, 0) + count
+        self.per_system.append((cell.generated, cell.sun))
+
 
 def default_families() -> list[str]:
-    """Every registered generator that is installed and not a test double, baseline first."""
+    """Every registered generator that is installed and not a test double, baselines first."""
     out = []
     for name in available_generators():
         if name in EXCLUDED:
@@ -104,7 +128,7 @@ def default_families() -> list[str]:
             logger.warning("eval generators skips %s: %s", name, exc)
             continue
         out.append(name)
-    return sorted(out, key=lambda n: (n != BASELINE, n))
+    return sorted(out, key=lambda n: (n not in BASELINES, n))
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -178,6 +202,12 @@ def held_out_systems(data_dir: Path, count: int, seed: int) -> list[tuple[str, .
 def run(options: SuiteOptions) -> SuiteResult:
     """Generate, validate and tabulate (see the module docstring).
 
+    Every (system, family) cell is scored on its own and, when ``options.out_dir`` is set,
+    appended to ``generators-cells.jsonl`` there as soon as it is done; a re-run with the same
+    settings and the same committed generator and validator code reads the finished cells back
+    instead of recomputing them, so a long run that is killed resumes where it stopped.
+    ``options.workers > 1`` scores cells in that many processes.
+
     Raises:
         SetupError: No reference data, or ``options.families`` names no generator.
     """
@@ -192,50 +222,42 @@ def run(options: SuiteOptions) -> SuiteResult:
         per_family = min(per_family, options.limit)
     if n_systems < 1 or per_family < 1:
         raise SetupError(f"need >= 1 system and structure, got {n_systems} and {per_family}")
+    if options.workers < 1:
+        raise SetupError(f"workers must be >= 1, got {options.workers!r}")
     families = list(dict.fromkeys(options.families)) or default_families()
     if unknown := [f for f in families if f not in available_generators()]:
         raise SetupError(f"unknown generator(s) {unknown}; choose from {available_generators()}")
-    if BASELINE not in families:
-        families.insert(0, BASELINE)
+    for number, name in enumerate(BASELINES):
+        if name not in families:
+            families.insert(number, name)
     systems = held_out_systems(options.data_dir, n_systems, options.seed)
     reference = load_reference(options.data_dir)
-    # No properties or model-disagreement stages: they cost CHGNet time and S.U.N. ignores them.
-    pipeline = default_pipeline(
-        reference, device=options.device, max_atoms=max_atoms, uncertainty=False, properties=False
+    spec = _CellSpec(
+        data_dir=str(options.data_dir),
+        per_family=per_family,
+        max_atoms=max_atoms,
+        seed=options.seed,
+        device=options.device,
+        code=code_fingerprint(),
     )
-    smact_default = SmactValidator()
+    log = None if options.out_dir is None else options.out_dir / CELL_LOG
+    done = _read_cells(log, spec) if log is not None else {}
+    todo = [(s, f) for s in systems for f in families if _cell_key(f, s) not in done]
+    if done:
+        total = len(systems) * len(families)
+        logger.info(
+            "eval generators: %d of %d cells read back from %s", total - len(todo), total, log
+        )
+    for cell in _score_cells(todo, spec, options.workers):
+        done[_cell_key(cell.family, cell.system)] = cell
+        if log is not None:
+            _append_cell(log, spec, cell)
     tallies = {family: _Tally() for family in families}
-    generators = {family: load_generator(family) for family in families}
-    for number, system in enumerate(systems, 1):
+    for system in systems:
         for family in families:
-            tally = tallies[family]
-            request = GenerationRequest(
-                num_structures=per_family,
-                seed=options.seed,
-                chemical_system=system,
-                elements=system,
-                max_atoms=max_atoms,
-            )
-            started = time.perf_counter()
-            try:
-                candidates = generators[family].generate(request)
-            except (GenerationFailed, SetupError) as exc:
-                logger.warning("%s could not generate in %s: %s", family, "-".join(system), exc)
-                tally.failed_requests += 1
-                tally.failure_reasons.setdefault(str(exc)[:200], 0)
-                tally.failure_reasons[str(exc)[:200]] += 1
-                tally.per_system.append((0, 0))
-                continue
-            tally.generation_s += time.perf_counter() - started
-            before = (tally.generated, tally.sun)
-            _score(tally, candidates, pipeline.run(candidates), smact_default)
-            tally.per_system.append((tally.generated - before[0], tally.sun - before[1]))
-            logger.info(
-                "system %d/%d %s, %s: %d generated, %d S.U.N.",
-                number, len(systems), "-".join(system), family, *tally.per_system[-1],
-            )  # fmt: skip
-    baseline = tallies[BASELINE]
-    rows = [_row(family, tallies[family], baseline, options.seed) for family in families]
+            tallies[family].add(done[_cell_key(family, system)])
+    baselines = {name: tallies[name] for name in BASELINES}
+    rows = [_row(family, tallies[family], baselines, options.seed) for family in families]
     figures = []
     if options.out_dir is not None:
         figures.append(str(_plot(tallies, options.out_dir / "generators-shares.png", per_family)))
@@ -253,7 +275,8 @@ def run(options: SuiteOptions) -> SuiteResult:
             "S.U.N. = metastable (CHGNet E_hull <= 0.1 eV/atom on the reference hull), unique "
             "and novel, as a share of all generated; novelty is against ~26k reference "
             "structures, smaller than MP, so it is over-estimated. S.U.N. 95% CI: Wilson "
-            "interval; S.U.N. / baseline: bootstrap 95% interval over systems in brackets.",
+            "interval; S.U.N. / pyxtal and / pyxtal-uniform: bootstrap 95% interval over systems "
+            "in brackets.",
             "Requests a family could not serve at all count as 0 generated: "
             + ", ".join(f"{f} {tallies[f].failed_requests}" for f in families),
             "Pipeline stage that rejected structures: "
@@ -270,6 +293,8 @@ def run(options: SuiteOptions) -> SuiteResult:
             "per_family": per_family,
             "max_atoms": max_atoms,
             "seed": options.seed,
+            "workers": options.workers,
+            "code_fingerprint": spec.code,
             "reference_hull": reference.name,
             "counts": {
                 f: {
@@ -287,7 +312,192 @@ def run(options: SuiteOptions) -> SuiteResult:
     )
 
 
-def _score(tally: _Tally, candidates: list[Candidate], results: list[Any], smact: Any) -> None:
+CELL_LOG = "generators-cells.jsonl"
+"""File in the output folder where finished (system, family) cells are appended."""
+
+
+@dataclass(frozen=True)
+class _CellSpec:
+    """Everything a cell's result depends on besides its family and system."""
+
+    data_dir: str
+    per_family: int
+    max_atoms: int
+    seed: int
+    device: str
+    code: str
+    """:func:`code_fingerprint` of the run."""
+
+    def key(self) -> dict[str, Any]:
+        """The fields that must match for a logged cell to be reused (not the data path)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("data_dir", "device")}
+
+
+@dataclass
+class _Cell:
+    """One family's structures for one system, scored."""
+
+    family: str
+    system: tuple[str, ...]
+    generated: int = 0
+    valid: int = 0
+    smact: int = 0
+    unique: int = 0
+    novel: int = 0
+    metastable: int = 0
+    sun: int = 0
+    generation_s: float = 0.0
+    relax_s: float = 0.0
+    relaxed: int = 0
+    failure: str | None = None
+    """Why the request failed as a whole (first 200 characters), or ``None``."""
+    failed_stages: dict[str, int] = field(default_factory=dict)
+
+
+def code_fingerprint() -> str:
+    """Git tree ids of ``generators/`` and ``tools/validators/`` at HEAD, plus uncommitted edits.
+
+    Cells logged under another fingerprint are not reused: a retrained checkpoint or a changed
+    validator is a new experiment. Uncommitted changes add a hash of the diff and of the list of
+    untracked files, so the same working tree resumes and an edited one does not. ``"unknown"``
+    outside a git checkout (then cells are reused on settings alone).
+    """
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+
+    parts = []
+    try:
+        for sub in ("generators", "tools/validators"):
+            part = git("rev-parse", f"HEAD:{sub}").strip()[:12]
+            status = git("status", "--porcelain", "--", sub)
+            if status.strip():
+                edits = status + git("diff", "HEAD", "--", sub)
+                part += "+" + hashlib.sha1(edits.encode()).hexdigest()[:8]
+            parts.append(part)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "/".join(parts)
+
+
+def _cell_key(family: str, system: tuple[str, ...]) -> str:
+    return f"{family}|{'-'.join(system)}"
+
+
+def _read_cells(log: Path, spec: _CellSpec) -> dict[str, _Cell]:
+    """Finished cells of an earlier run with the same settings; unreadable lines are skipped."""
+    import json
+
+    cells: dict[str, _Cell] = {}
+    if not log.exists():
+        return cells
+    for number, line in enumerate(log.read_text().splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            if entry["spec"] != spec.key():
+                continue
+            cell = _Cell(**{**entry["cell"], "system": tuple(entry["cell"]["system"])})
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning(
+                "eval generators: line %d of %s is not a cell (%s); skipped", number, log, exc
+            )
+            continue
+        cells[_cell_key(cell.family, cell.system)] = cell
+    return cells
+
+
+def _append_cell(log: Path, spec: _CellSpec, cell: _Cell) -> None:
+    import json
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(json.dumps({"spec": spec.key(), "cell": asdict(cell)}) + "\n")
+
+
+def _score_cells(
+    todo: list[tuple[tuple[str, ...], str]], spec: _CellSpec, workers: int
+) -> Iterator[_Cell]:
+    """Score the cells in ``todo`` (in order with one worker, as they finish with more)."""
+    started = time.perf_counter()
+
+    def progress(number: int, cell: _Cell) -> None:
+        elapsed = time.perf_counter() - started
+        logger.info(
+            "cell %d/%d %s, %s: %d generated, %d S.U.N. (%.1f cells/min, ~%.0f min left)",
+            number, len(todo), "-".join(cell.system), cell.family, cell.generated, cell.sun,
+            60 * number / elapsed, (len(todo) - number) * elapsed / number / 60,
+        )  # fmt: skip
+
+    if workers == 1 or len(todo) <= 1:
+        for number, (system, family) in enumerate(todo, 1):
+            cell = _score_cell(family, system, spec)
+            progress(number, cell)
+            yield cell
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(_score_cell, family, system, spec) for system, family in todo]
+        for number, future in enumerate(as_completed(futures), 1):
+            cell = future.result()
+            progress(number, cell)
+            yield cell
+
+
+def _init_worker() -> None:
+    """One torch thread per worker process (workers share the cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def _pipeline(data_dir: str, max_atoms: int, device: str) -> Any:
+    reference = load_reference(Path(data_dir))
+    # No properties or model-disagreement stages: they cost CHGNet time and S.U.N. ignores them.
+    return default_pipeline(
+        reference, device=cast("Device", device), max_atoms=max_atoms, uncertainty=False,
+        properties=False,
+    )  # fmt: skip
+
+
+@functools.cache
+def _generator(family: str) -> Any:
+    return load_generator(family)
+
+
+def _score_cell(family: str, system: tuple[str, ...], spec: _CellSpec) -> _Cell:
+    """Generate ``spec.per_family`` structures of ``family`` in ``system`` and validate them."""
+    cell = _Cell(family=family, system=system)
+    request = GenerationRequest(
+        num_structures=spec.per_family,
+        seed=spec.seed,
+        chemical_system=system,
+        elements=system,
+        max_atoms=spec.max_atoms,
+    )
+    started = time.perf_counter()
+    try:
+        candidates = _generator(family).generate(request)
+    except (GenerationFailed, SetupError) as exc:
+        logger.warning("%s could not generate in %s: %s", family, "-".join(system), exc)
+        cell.failure = str(exc)[:200]
+        return cell
+    cell.generation_s = time.perf_counter() - started
+    results = _pipeline(spec.data_dir, spec.max_atoms, spec.device).run(candidates)
+    _score(cell, candidates, results, SmactValidator())
+    return cell
+
+
+def _score(tally: _Cell, candidates: list[Candidate], results: list[Any], smact: Any) -> None:
     by_id = {c.id: c for c in candidates}
     smact_ok = {v.candidate_id for v in smact.validate(candidates) if v.passed}
     for result in results:
@@ -316,23 +526,23 @@ def _score(tally: _Tally, candidates: list[Candidate], results: list[Any], smact
             tally.relaxed += 1
 
 
-def _row(family: str, t: _Tally, baseline: _Tally, seed: int) -> dict[str, Any]:
+def _relative(t: _Tally, baseline: _Tally, seed: int) -> str:
+    """S.U.N. share over the baseline's with its bootstrap interval, as table text."""
+    if t is baseline:
+        return "1 (baseline)"
+    ratio, low, high = bootstrap_ratio(t.per_system, baseline.per_system, seed=seed)
+    if ratio is None:
+        return "n/a (baseline 0)"
+    return f"{ratio:.2f}" + ("" if low is None or high is None else f" [{low:.2f}-{high:.2f}]")
+
+
+def _row(family: str, t: _Tally, baselines: dict[str, _Tally], seed: int) -> dict[str, Any]:
     def pct(k: int) -> float | None:
         return round(100 * k / t.generated, 1) if t.generated else None
 
     low, high = wilson_interval(t.sun, t.generated)
-    if family == BASELINE:
-        relative = "1 (baseline)"
-    else:
-        ratio, r_low, r_high = bootstrap_ratio(t.per_system, baseline.per_system, seed=seed)
-        relative = (
-            "n/a (baseline 0)"
-            if ratio is None
-            else f"{ratio:.2f}"
-            + ("" if r_low is None or r_high is None else f" [{r_low:.2f}-{r_high:.2f}]")
-        )
     return {
-        "family": family + (" (baseline)" if family == BASELINE else ""),
+        "family": family + (" (baseline)" if family in BASELINES else ""),
         "generated": t.generated,
         "valid %": pct(t.valid),
         "SMACT %": pct(t.smact),
@@ -341,7 +551,7 @@ def _row(family: str, t: _Tally, baseline: _Tally, seed: int) -> dict[str, Any]:
         "E_hull<=0.1 %": pct(t.metastable),
         "S.U.N. %": pct(t.sun),
         "S.U.N. 95% CI": f"{100 * low:.1f}-{100 * high:.1f}" if t.generated else None,
-        "S.U.N. / baseline": relative,
+        **{f"S.U.N. / {name}": _relative(t, b, seed) for name, b in baselines.items()},
         "samples/s": round(t.generated / t.generation_s, 2) if t.generation_s else None,
         "relax s/structure": round(t.relax_s / t.relaxed, 2) if t.relaxed else None,
     }

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from crystalforge.core.errors import SetupError
+from crystalforge.evals import generators as generators_suite
 from crystalforge.evals.base import SuiteOptions
 from crystalforge.evals.generators import (
     BASELINE,
@@ -90,3 +91,68 @@ def test_quick_run_reports_every_family(data_dir: Path, tmp_path: Path):
         for column in ("valid %", "S.U.N. %"):
             value = row[column]
             assert value is None or (isinstance(value, float | int) and 0 <= value <= 100)
+
+
+def _fake_cell(calls: list[str], fail_after: int | None = None):
+    """A stand-in for the CHGNet-scored cell: counts calls, can crash after ``fail_after``."""
+
+    def score(family: str, system: tuple[str, ...], spec: generators_suite._CellSpec):
+        if fail_after is not None and len(calls) >= fail_after:
+            raise RuntimeError("killed")
+        calls.append(f"{family}|{'-'.join(system)}")
+        sun = 2 if family == "wyckoff" else 1
+        return generators_suite._Cell(
+            family=family, system=system, generated=4, valid=4, smact=4, unique=4, novel=4,
+            metastable=sun, sun=sun, generation_s=0.1, relax_s=1.0, relaxed=4,
+        )  # fmt: skip
+
+    return score
+
+
+def test_killed_run_resumes_from_the_cell_log(data_dir: Path, tmp_path: Path, monkeypatch):
+    options = SuiteOptions(
+        data_dir=data_dir, out_dir=tmp_path, families=("wyckoff",), per_family=4, systems=3
+    )
+    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda: "tree-a")
+    first: list[str] = []
+    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(first, fail_after=5))
+    with pytest.raises(RuntimeError, match="killed"):
+        run(options)
+    assert len(first) == 5  # 3 systems x 3 families = 9 cells; 5 were finished and logged
+    log = tmp_path / generators_suite.CELL_LOG
+    assert len(log.read_text().splitlines()) == 5
+    with log.open("a") as handle:
+        handle.write("{not json\n")  # a torn last line of a killed writer
+    second: list[str] = []
+    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(second))
+    result = run(options)
+    assert len(second) == 4
+    assert not set(first) & set(second)
+    rows = {str(r["family"]).split()[0]: r for r in result.rows}
+    assert list(rows) == ["pyxtal", "pyxtal-uniform", "wyckoff"]
+    assert rows["wyckoff"]["generated"] == 12
+    assert rows["wyckoff"]["S.U.N. %"] == 50.0
+    assert str(rows["wyckoff"]["S.U.N. / pyxtal"]).startswith("2.00")
+    assert str(rows["wyckoff"]["S.U.N. / pyxtal-uniform"]).startswith("2.00")
+    # Other settings are another experiment: nothing is read back.
+    third: list[str] = []
+    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(third))
+    run(SuiteOptions(**{**options.__dict__, "per_family": 5}))
+    assert len(third) == 9
+    # So is other generator or validator code (a retrained checkpoint, an edited stage).
+    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda: "tree-b")
+    fourth: list[str] = []
+    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(fourth))
+    run(options)
+    assert len(fourth) == 9
+
+
+def test_code_fingerprint_names_both_trees():
+    parts = generators_suite.code_fingerprint().split("/")
+    assert len(parts) == 2
+    assert all(len(p.split("+")[0]) == 12 for p in parts)
+
+
+def test_workers_must_be_positive(data_dir: Path):
+    with pytest.raises(SetupError, match="workers must be >= 1, got 0"):
+        run(SuiteOptions(data_dir=data_dir, families=("wyckoff",), workers=0))
