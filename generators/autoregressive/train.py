@@ -176,7 +176,10 @@ def train(
         genes: Rows of :func:`load_genes`, already filtered.
         epochs: Passes over the training part.
         batch_size: Sequences per step.
-        lr: Peak AdamW learning rate (cosine decay, 3% warm-up).
+        lr: Peak AdamW learning rate (cosine decay, 3% warm-up). The decay is planned over
+            ``epochs``; after the first epoch it is re-planned over the epochs that fit into
+            ``time_budget_s`` at the measured epoch time, so a budget-limited run still ends
+            at a small learning rate instead of being cut off mid-schedule.
         seed: Seeds the split, initialisation, batching and dropout.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         d_model: Model width.
@@ -215,19 +218,23 @@ def train(
     )  # fmt: skip
     model = WyckoffTransformer(config).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * math.ceil(len(train_data) / batch_size)
-    warmup = max(1, steps // 33)
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
+    plan = {"epochs": epochs, "steps": epochs * steps_per_epoch}
+    warmup = max(1, plan["steps"] // 33)
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        progress = min(1.0, (step - warmup) / max(1, plan["steps"] - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, Any], int] | None = None
     started = time.perf_counter()
     for epoch in range(epochs):
+        if epoch >= plan["epochs"]:
+            break
         model.train()
         total = count = 0.0
         for batch in _batches(train_data, batch_size, rng):
@@ -254,8 +261,19 @@ def train(
             "elapsed_s": time.perf_counter() - started,
         }
         history.append(entry)
+        if epoch == 0:
+            fits = max(1, int(time_budget_s // max(entry["elapsed_s"], 1e-9)))
+            if fits < epochs:
+                plan.update(epochs=fits, steps=fits * steps_per_epoch)
+                logger.info(
+                    "%.0f s per epoch: the schedule is re-planned over %d epochs",
+                    entry["elapsed_s"],
+                    fits,
+                )
         logger.info(
-            "epoch %(epoch)d train %(train_loss).4f val %(val_loss).4f %(elapsed_s).0f s", entry
+            "epoch %(epoch)d/%(planned)d train %(train_loss).4f val %(val_loss).4f "
+            "%(elapsed_s).0f s",
+            {**entry, "planned": plan["epochs"]},
         )
         if best is None or entry["val_loss"] < best[0]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -286,6 +304,7 @@ def train(
         "best_epoch": best[2],
         "best_val_loss": best[0],
         "epochs_run": len(history),
+        "epochs_planned": plan["epochs"],
         "history": history,
         "seed": seed,
         "batch_size": batch_size,
