@@ -63,11 +63,15 @@ class Context:
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready form without the progress callback (no secrets live here)."""
+        """JSON-ready form without the progress callback (no secrets live here).
+
+        ``data_dir`` is written as an absolute path, so ``crystalforge resume`` from another
+        working directory finds the same reference data (``run_dir`` is re-set on resume).
+        """
         data = asdict(self)
         data.pop("progress")
         data["run_dir"] = str(self.run_dir)
-        data["data_dir"] = str(self.data_dir) if self.data_dir else None
+        data["data_dir"] = str(self.data_dir.resolve()) if self.data_dir else None
         data["generators"] = list(self.generators)
         return data
 
