@@ -83,8 +83,10 @@ COLUMNS = (
 )
 
 
-@dataclass
-class _Tally:
+@dataclass(kw_only=True)
+class _Counts:
+    """Structures generated and how many passed each measure, with timings."""
+
     generated: int = 0
     valid: int = 0
     smact: int = 0
@@ -95,8 +97,14 @@ class _Tally:
     generation_s: float = 0.0
     relax_s: float = 0.0
     relaxed: int = 0
-    failed_requests: int = 0
     failed_stages: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class _Tally(_Counts):
+    """One family's counts over all systems."""
+
+    failed_requests: int = 0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     """Why whole requests failed (first 200 characters of the error) -> how often."""
     per_system: list[tuple[int, int]] = field(default_factory=list)
@@ -333,25 +341,14 @@ class _CellSpec:
         return {k: v for k, v in asdict(self).items() if k not in ("data_dir", "device")}
 
 
-@dataclass
-class _Cell:
+@dataclass(kw_only=True)
+class _Cell(_Counts):
     """One family's structures for one system, scored."""
 
     family: str
     system: tuple[str, ...]
-    generated: int = 0
-    valid: int = 0
-    smact: int = 0
-    unique: int = 0
-    novel: int = 0
-    metastable: int = 0
-    sun: int = 0
-    generation_s: float = 0.0
-    relax_s: float = 0.0
-    relaxed: int = 0
     failure: str | None = None
     """Why the request failed as a whole (first 200 characters), or ``None``."""
-    failed_stages: dict[str, int] = field(default_factory=dict)
 
 
 def code_fingerprint() -> str:
@@ -497,7 +494,7 @@ def _score_cell(family: str, system: tuple[str, ...], spec: _CellSpec) -> _Cell:
     return cell
 
 
-def _score(tally: _Cell, candidates: list[Candidate], results: list[Any], smact: Any) -> None:
+def _score(tally: _Counts, candidates: list[Candidate], results: list[Any], smact: Any) -> None:
     by_id = {c.id: c for c in candidates}
     smact_ok = {v.candidate_id for v in smact.validate(candidates) if v.passed}
     for result in results:
