@@ -7,6 +7,11 @@ seconds it needs per sample when timings are known (so the score is survivors pe
 Every available family keeps a floor of ``min_share`` of the budget so that none is starved of
 the evidence that would rescue it; unavailable families get nothing. The same inputs and seed
 give the same allocation, and the rationale says in words why.
+
+Yields remembered from earlier campaigns (``memory``) sharpen the prior: they count as a round
+older than the run's first, each weighted by its similarity to this request, and per family they
+are worth at most ``memory_strength`` pseudo-samples, so the run's own rounds soon outweigh them.
+The router itself reads no store; the caller passes the remembered yields in.
 """
 
 from __future__ import annotations
@@ -46,7 +51,15 @@ class FamilyYield:
     seconds: float = 0.0
     """Wall-clock time it took to generate them (0: unknown)."""
     round: int = 0
-    """The round the numbers come from."""
+    """The round the numbers come from (ignored for remembered yields)."""
+    weight: float = 1.0
+    """How much the record counts (remembered yields: the campaign's similarity, in [0, 1])."""
+    source: str = ""
+    """Where the numbers come from: empty for this run, else e.g. an earlier run's id."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"yield weight must be finite and >= 0, got {self.weight!r}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,9 @@ class Router:
     """Thompson draws per allocation."""
     decay: float = 0.7
     """Weight of a round's evidence per round of age (1: all rounds count equally)."""
+    memory_strength: float = 8.0
+    """At most this many pseudo-samples per family come from remembered yields (0: ignore
+    memory); larger remembered evidence is scaled down to it, survival rate kept."""
 
     def __post_init__(self) -> None:
         if not self.prior_strength > 0:
@@ -93,6 +109,8 @@ class Router:
             raise ConfigError(f"draws must be >= 1, got {self.draws!r}")
         if not 0.0 < self.decay <= 1.0:
             raise ConfigError(f"decay must be in (0, 1], got {self.decay!r}")
+        if not (math.isfinite(self.memory_strength) and self.memory_strength >= 0):
+            raise ConfigError(f"memory_strength must be >= 0, got {self.memory_strength!r}")
         if bad := {f: w for f, w in self.prior_weights.items() if not w > 0}:
             raise ConfigError(f"prior weights must be positive, got {bad!r}")
 
@@ -102,6 +120,7 @@ class Router:
         available: Sequence[str],
         history: Sequence[FamilyYield] = (),
         *,
+        memory: Sequence[FamilyYield] = (),
         seed: int = 0,
     ) -> Allocation:
         """Split ``budget`` samples over the ``available`` families.
@@ -109,7 +128,11 @@ class Router:
         Args:
             budget: Samples to hand out this round.
             available: Families that can generate for this request (others get 0).
-            history: Yields of earlier rounds (any family; unavailable ones are ignored).
+            history: Yields of this run's earlier rounds (any family; unavailable ones are
+                ignored).
+            memory: Yields remembered from earlier campaigns, ``weight`` = their similarity to
+                this request and ``source`` = the campaign; a prior below ``history`` (see
+                :attr:`memory_strength`).
             seed: Seed of the Thompson draws.
 
         Returns:
@@ -121,7 +144,7 @@ class Router:
         if budget < 0:
             raise ConfigError(f"budget must be >= 0, got {budget!r}")
         families = sorted(dict.fromkeys(available))
-        known = sorted({y.family for y in history} | set(self.prior_weights))
+        known = sorted({y.family for y in [*history, *memory]} | set(self.prior_weights))
         if not families:
             return Allocation(
                 samples=dict.fromkeys(known, 0),
@@ -133,6 +156,7 @@ class Router:
         rng = np.random.default_rng(seed % 2**64)
         draws = np.empty((len(families), self.draws))
         evidence: dict[str, tuple[float, float, float]] = {}
+        remembered: dict[str, _Remembered] = {}
         for row, family in enumerate(families):
             weight = self.prior_weights.get(family, mean_weight)
             rate = min(max(0.5 * weight / mean_weight, 0.02), 0.98)
@@ -140,19 +164,30 @@ class Router:
             for y in history:
                 if y.family != family:
                     continue
-                w = self.decay ** (latest - y.round)
+                w = y.weight * self.decay ** (latest - y.round)
                 samples += w * y.samples
                 survivors += w * min(y.survivors, y.samples)
                 seconds += w * y.seconds
             evidence[family] = (samples, survivors, seconds)
+            mem = self._remembered(family, memory, age=latest + 1)
+            remembered[family] = mem
+            samples, survivors, seconds = (
+                samples + mem.samples,
+                survivors + mem.survivors,
+                seconds + mem.seconds,
+            )
             a = self.prior_strength * rate + survivors
             b = self.prior_strength * (1 - rate) + samples - survivors
             per_second = seconds / samples if samples and seconds > 0 else None
             draws[row] = rng.beta(a, b, size=self.draws) / (per_second or 1.0)
-        timed = all(evidence[f][2] > 0 and evidence[f][0] > 0 for f in families)
+        timing = {
+            f: (evidence[f][0] + remembered[f].samples, evidence[f][2] + remembered[f].seconds)
+            for f in families
+        }
+        timed = all(samples > 0 and seconds > 0 for samples, seconds in timing.values())
         if not timed:  # compare per sample only: mixing per-second and per-sample is meaningless
             for row, family in enumerate(families):
-                samples, _, seconds = evidence[family]
+                samples, seconds = timing[family]
                 if samples and seconds > 0:
                     draws[row] *= seconds / samples
         wins = np.bincount(np.argmax(draws, axis=0), minlength=len(families)) / self.draws
@@ -162,9 +197,14 @@ class Router:
         lines = []
         for row, family in enumerate(families):
             n, k, s = evidence[family]
-            seen = f"{k:.0f}/{n:.0f} survived" if n else "no data yet (prior only)"
+            mem = remembered[family]
+            seen = f"{k:.0f}/{n:.0f} survived" if n else "no data yet this run"
             if n and s > 0:
                 seen += f", {n / s:.2f} samples/s"
+            if mem.sources:
+                seen += f"; {mem.describe()}"
+            elif not n:
+                seen = "no data yet (prior only)"
             lines.append(
                 f"{family}: {samples_out[row]} samples (best in {wins[row]:.0%} of draws; "
                 f"{seen}; mean {unit} {scores[family]:.3g})"
@@ -176,6 +216,53 @@ class Router:
             samples={**dict.fromkeys(known, 0), **dict(zip(families, samples_out, strict=True))},
             scores=scores,
             rationale="; ".join(lines),
+        )
+
+    def _remembered(self, family: str, memory: Sequence[FamilyYield], *, age: int) -> _Remembered:
+        """A family's remembered evidence: weighted, aged ``age`` rounds, capped in size."""
+        raw_samples = raw_survivors = 0
+        samples = survivors = seconds = 0.0
+        sources: set[str] = set()
+        for y in memory:
+            if y.family != family or y.weight <= 0 or y.samples <= 0:
+                continue
+            w = y.weight * self.decay**age
+            samples += w * y.samples
+            survivors += w * min(y.survivors, y.samples)
+            seconds += w * y.seconds
+            raw_samples += y.samples
+            raw_survivors += min(y.survivors, y.samples)
+            sources.add(y.source or "?")
+        if samples > self.memory_strength:
+            scale = self.memory_strength / samples
+            samples, survivors, seconds = samples * scale, survivors * scale, seconds * scale
+        return _Remembered(
+            samples=samples,
+            survivors=survivors,
+            seconds=seconds,
+            raw_samples=raw_samples,
+            raw_survivors=raw_survivors,
+            sources=tuple(sorted(sources)),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Remembered:
+    """One family's evidence from earlier campaigns, as the posterior counts it."""
+
+    samples: float
+    survivors: float
+    seconds: float
+    raw_samples: int
+    """Samples the campaigns recorded (before weighting and the cap)."""
+    raw_survivors: int
+    sources: tuple[str, ...]
+
+    def describe(self) -> str:
+        n = len(self.sources)
+        return (
+            f"memory: {self.raw_survivors}/{self.raw_samples} survived in {n} earlier "
+            f"campaign{'s' if n != 1 else ''}, counted as {self.samples:.1f} samples"
         )
 
 
