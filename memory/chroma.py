@@ -13,7 +13,8 @@ Four collections (cosine space, each with its own embedding function from
   metadata as above plus ``run_id``, ``generator``, ``seed``, ``round``, ``parent_id``,
   ``passed``, ``failed_stage``, ``reason``, ``verdicts`` (JSON) and the candidate's properties.
 * ``campaigns``: one per run: document is the spec JSON (embedded by its element pool and
-  targets); metadata holds the request, plan, reflections and outcome as JSON.
+  targets); metadata holds the request, plan, reflections, outcome and per-generator yields
+  (samples, survivors, seconds) as JSON.
 * ``reviews``: human decisions with their note (hashed-text embedding).
 
 Writes take an exclusive ``fcntl`` lock on ``<store>/.write.lock``: chromadb's embedded mode
@@ -310,7 +311,9 @@ class ChromaMemory:
             run_id: The run folder name (the campaign's id).
             record: ``spec`` (DesignSpec dump), ``request``, ``plans``, ``reflections`` (memo
                 changes, list of str), ``focus_compositions``, ``focus_space_groups``,
-                ``outcome`` (dict: stop reason, hits, best).
+                ``outcome`` (dict: stop reason, hits, best), ``generator_yields`` (generator ->
+                samples, survivors, seconds summed over the rounds; see
+                :mod:`crystalforge.memory.yields`).
         """
         spec = dict(record.get("spec") or {})
         document = json.dumps(spec, sort_keys=True, default=str)
@@ -323,6 +326,8 @@ class ChromaMemory:
             "focus_space_groups": json.dumps(record.get("focus_space_groups") or []),
             "outcome": json.dumps(record.get("outcome") or {}, default=str),
         }
+        if record.get("generator_yields") is not None:
+            meta["generator_yields"] = json.dumps(record["generator_yields"], default=str)
         self._upsert("campaigns", [run_id], [document], [meta], [spec_vector(spec)])
 
     def add_review(
@@ -488,7 +493,11 @@ class ChromaMemory:
     def similar_campaigns(
         self, spec: Mapping[str, Any], *, k: int = 3, exclude_run: str | None = None
     ) -> list[dict[str, Any]]:
-        """Earlier campaigns nearest to ``spec``: run id, request, distance, reflections, ..."""
+        """Earlier campaigns nearest to ``spec``: run id, request, distance, reflections, ...
+
+        ``generator_yields`` is passed on as stored (JSON text, ``None`` in records written
+        before yields were kept); :func:`crystalforge.memory.yields.weigh_campaigns` checks it.
+        """
         target = self.collection("campaigns")
         n = target.count()
         if n == 0:
@@ -519,6 +528,8 @@ class ChromaMemory:
                     "focus_compositions": json.loads(str(meta.get("focus_compositions") or "[]")),
                     "focus_space_groups": json.loads(str(meta.get("focus_space_groups") or "[]")),
                     "outcome": json.loads(str(meta.get("outcome") or "{}")),
+                    # Raw (JSON text or None): memory.yields checks it, so a bad one is skipped.
+                    "generator_yields": meta.get("generator_yields"),
                 }
             )
         return out[:k]
