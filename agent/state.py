@@ -183,3 +183,6 @@ class State(InputState):
     report_path: str | None = None
     recalled: list[dict[str, Any]] = field(default_factory=list)
     """Earlier campaigns with a similar spec, recalled from the memory store before round 0."""
+    memory_yields: list[dict[str, Any]] = field(default_factory=list)
+    """Generator yields of earlier similar campaigns (``CampaignYields.to_json``), recalled
+    before round 0: the router's prior in every round."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from langgraph.runtime import Runtime  # noqa: TC002 - LangGraph reads node hints at runtime
@@ -11,7 +13,7 @@ from crystalforge.agent.context import Context  # noqa: TC001 - read at runtime
 from crystalforge.agent.llm.base import LLMError, Message, ToolSpec
 from crystalforge.agent.llm.factory import backend_for
 from crystalforge.agent.llm.structured import ask_structured
-from crystalforge.agent.nodes.retrieve import recall_for_plan
+from crystalforge.agent.nodes.retrieve import recall_for_plan, record_progress
 from crystalforge.agent.prompts import PLANNER_SYSTEM, neutralise, quote_data
 from crystalforge.agent.state import (
     GenerationTask,
@@ -20,13 +22,18 @@ from crystalforge.agent.state import (
 )
 from crystalforge.core.spec import DesignSpec
 from crystalforge.generators.router import FamilyYield, Router
+from crystalforge.memory.yields import CampaignYields, describe
 from crystalforge.tools.generate import ROUND_PLAN_TOOL, CheckedPlan, check_round_plan
 from crystalforge.tools.validate import candidate_facts
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from crystalforge.agent.llm.base import LLMBackend
     from crystalforge.agent.llm.structured import StructuredAnswer
     from crystalforge.agent.state import CandidateSummary, Memo
+
+logger = logging.getLogger(__name__)
 
 SUBSTITUTION = "substitution"
 """The generator that substitutes into parent structures (near-misses, references)."""
@@ -56,6 +63,55 @@ def yield_history(memos: list[Memo]) -> list[FamilyYield]:
     ]
 
 
+def remembered_campaigns(entries: Sequence[dict[str, Any]]) -> list[CampaignYields]:
+    """The earlier campaigns' yields kept in state (``State.memory_yields``).
+
+    Entries that do not parse are skipped with a warning.
+    """
+    out = []
+    for entry in entries:
+        try:
+            out.append(CampaignYields.from_json(entry))
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("ignoring remembered generator yields %.200r: %s", entry, exc)
+    return out
+
+
+def memory_prior(campaigns: Sequence[CampaignYields]) -> list[FamilyYield]:
+    """Earlier campaigns' yields as the router reads them.
+
+    One record per campaign and generator, weighted by the campaign's similarity to this
+    request and named by its run id.
+    """
+    return [
+        FamilyYield(
+            family=name,
+            samples=totals.samples,
+            survivors=totals.survivors,
+            seconds=totals.seconds,
+            weight=campaign.weight,
+            source=campaign.run_id,
+        )
+        for campaign in campaigns
+        for name, totals in sorted(campaign.yields.items())
+    ]
+
+
+def _memory_line(campaigns: Sequence[CampaignYields], generators: Sequence[str]) -> str | None:
+    """What the router's prior took from memory, for the rationale (``None``: nothing)."""
+    used = [
+        dataclasses.replace(c, yields={g: t for g, t in c.yields.items() if g in generators})
+        for c in campaigns
+    ]
+    used = [c for c in used if c.yields]
+    if not used:
+        return None
+    return (
+        f"router prior {describe(used)} (counted as a round older than this run's first, "
+        f"at most {Router().memory_strength:g} samples per generator)"
+    )
+
+
 def make_plan(
     spec: DesignSpec,
     memo: Memo | None,
@@ -63,12 +119,15 @@ def make_plan(
     round_index: int,
     context: Context,
     history: list[FamilyYield] | None = None,
+    remembered: Sequence[CampaignYields] = (),
 ) -> Plan:
     """The plan of one round.
 
     Round 0 explores the whole space the spec allows. Later rounds follow the memo: when it
     names compositions or space groups that came close, :data:`EXPLOIT_SHARE` of the samples
-    go to them and the rest keep exploring.
+    go to them and the rest keep exploring. The router splits the exploring samples over the
+    generators by their yields in this run's earlier rounds and, as a weaker prior, in the
+    ``remembered`` earlier campaigns.
     """
     samples = spec.budget.samples_per_round
     history = history or []
@@ -136,7 +195,11 @@ def make_plan(
         if avoid & set(generators) and explorers != generators:
             rationale.append(f"no samples for {', '.join(sorted(avoid))} (all rejected last round)")
         allocation = Router().allocate(
-            explore, explorers, history, seed=round_seed(context.seed, round_index)
+            explore,
+            explorers,
+            history,
+            memory=memory_prior(remembered),
+            seed=round_seed(context.seed, round_index),
         )
         for name in explorers:
             n = allocation.samples.get(name, 0)
@@ -153,6 +216,8 @@ def make_plan(
                 )
         rationale.append(f"{explore} samples explore the space of the spec")
         if len(explorers) > 1:
+            if line := _memory_line(remembered, explorers):
+                rationale.append(line)
             rationale.append(f"router: {allocation.rationale}")
     if memo:
         rationale.extend(neutralise(change) for change in memo["changes"])
@@ -175,6 +240,7 @@ def llm_plan(
     results: list[CandidateSummary],
     references: list[dict[str, Any]],
     history: list[FamilyYield],
+    remembered: Sequence[CampaignYields] = (),
 ) -> tuple[Plan, StructuredAnswer[CheckedPlan] | None, str | None]:
     """The model's plan of the round, checked and clamped; the rule plan on failure.
 
@@ -199,6 +265,11 @@ def llm_plan(
                 {"generator": y.family, "round": y.round, "samples": y.samples, "hits": y.survivors}
                 for y in history
             ],
+        ),
+        *(
+            [quote_data("generator yields in earlier similar campaigns", describe(remembered))]
+            if remembered
+            else []
         ),
         quote_data("last reflection memo", dict(memo) if memo else None),
         quote_data("best validated candidates", [candidate_facts(r) for r in passed]),
@@ -282,9 +353,20 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     history = yield_history(list(state.memos))
     context = runtime.context
     recall: dict[str, Any] = {}
+    progress_note = None
     if memo is None and not state.plans:  # issue 9: start from what similar campaigns learned
         memo, recall = recall_for_plan(state, context)
-    chosen = make_plan(spec, memo, round_index=round_index, context=context, history=history)
+    elif state.memos:  # issue 5: an interrupted run is remembered with its rounds so far
+        progress_note = record_progress(state, context)
+    remembered = remembered_campaigns(recall.get("memory_yields", state.memory_yields))
+    chosen = make_plan(
+        spec,
+        memo,
+        round_index=round_index,
+        context=context,
+        history=history,
+        remembered=remembered,
+    )
     update: dict[str, Any] = {"round": round_index}
     backend = backend_for(context)
     if backend is not None:
@@ -302,6 +384,7 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 results=list(state.results),
                 references=list(state.references),
                 history=history,
+                remembered=remembered,
             )
             if note:
                 update["notes"] = [note]
@@ -312,5 +395,8 @@ def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     update["plans"] = [chosen]
     if recall:
         update["recalled"] = recall.get("recalled", [])
+        update["memory_yields"] = recall.get("memory_yields", [])
         update["notes"] = [*recall.get("notes", []), *update.get("notes", [])]
+    if progress_note:
+        update["notes"] = [*update.get("notes", []), progress_note]
     return update

@@ -6,12 +6,15 @@ Three pieces of the loop use the memory store (:mod:`crystalforge.memory.chroma`
   similar spec and what they learned. The nearest one within :data:`RECALL_MAX_DISTANCE`
   becomes a starting memo: its hit and near-miss compositions (those the new spec allows) and
   space groups get the first round's exploit share, and its reflections are quoted in the plan
-  and the report's notes.
+  and the report's notes. The generator yields of the nearest campaigns, weighted by
+  similarity (:mod:`crystalforge.memory.yields`), become the router's prior.
 * :func:`retrieve` (this node): the reference hull's known phases; when the hull knows none
   (elemental references only), the memory store's references of the chemical system.
-* :func:`record_run` (called by ``report``): the campaign (spec, plans, reflections, outcome)
-  and every validated candidate with its verdicts go into the store, so later runs recall them
-  and screen novelty against them.
+* :func:`record_run` (called by ``report``): the campaign (spec, plans, reflections, outcome,
+  generator yields) and every validated candidate with its verdicts go into the store, so later
+  runs recall them and screen novelty against them. :func:`record_progress` (called by
+  ``plan`` before every later round) upserts the campaign alone, so an interrupted run's
+  rounds so far are remembered too.
 
 Without the ``memory`` extra, or with a store that cannot be opened, each piece degrades to
 nothing and says so once in the notes.
@@ -30,6 +33,8 @@ from crystalforge.agent.state import Memo, State
 from crystalforge.core.errors import SetupError
 from crystalforge.core.settings import Settings
 from crystalforge.core.spec import DesignSpec
+from crystalforge.memory.yields import K as YIELDS_K
+from crystalforge.memory.yields import totals_of_rounds, weigh_campaigns
 
 if TYPE_CHECKING:
     from crystalforge.memory.chroma import ChromaMemory
@@ -129,12 +134,13 @@ def recall_for_plan(state: State, context: Context) -> tuple[Memo | None, dict[s
         return None, {"notes": [note] if note else []}
     try:
         campaigns = store.similar_campaigns(
-            state.spec, k=RECALL_K, exclude_run=context.run_dir.name
+            state.spec, k=max(RECALL_K, YIELDS_K), exclude_run=context.run_dir.name
         )
     except Exception as exc:  # a store problem must not stop a design run
         logger.warning("cannot recall campaigns: %s", exc)
         return None, {"notes": [f"could not recall earlier campaigns: {exc}"]}
-    similar = [c for c in campaigns if c["distance"] <= RECALL_MAX_DISTANCE]
+    yields = [c.to_json() for c in weigh_campaigns(state.spec, campaigns)]
+    similar = [c for c in campaigns[:RECALL_K] if c["distance"] <= RECALL_MAX_DISTANCE]
     recalled = [
         {
             "run_id": c["run_id"],
@@ -155,7 +161,7 @@ def recall_for_plan(state: State, context: Context) -> tuple[Memo | None, dict[s
     ]
     if memo is not None:
         notes.append("first round starts from the recalled campaign: " + memo["changes"][0])
-    return memo, {"recalled": recalled, "notes": notes}
+    return memo, {"recalled": recalled, "notes": notes, "memory_yields": yields}
 
 
 def retrieve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -240,6 +246,71 @@ def _asked_references(state: State, context: Context) -> dict[str, Any]:
     return update
 
 
+def campaign_record(state: State, *, in_progress: bool = False) -> dict[str, Any]:
+    """The campaign record of a run as the memory store keeps it.
+
+    Args:
+        state: The run's state (its rounds so far).
+        in_progress: The run has not reported yet (a checkpoint of its rounds so far).
+
+    Returns:
+        ``spec``, ``request``, ``plans``, ``reflections``, ``focus_compositions``,
+        ``focus_space_groups``, ``outcome`` and ``generator_yields`` (per generator: samples,
+        survivors, seconds and rounds, summed over the reflected rounds).
+    """
+    from crystalforge.agent.nodes.reflect import distinct_hits
+
+    results = list(state.results)
+    hits = distinct_hits(results)
+    last = state.memos[-1] if state.memos else None
+    focus = [h["formula"] for h in hits] + list(last["focus_compositions"] if last else [])
+    groups = [h["space_group"] for h in hits if h["space_group"]] + list(
+        last["focus_space_groups"] if last else []
+    )
+    reflections = [text for memo in state.memos for text in memo["changes"]]
+    outcome: dict[str, Any] = {
+        "stop_reason": state.stop_reason,
+        "hits": len(hits),
+        "evaluated": len(results),
+        "best": [h["id"] for h in hits[:5]],
+    }
+    if in_progress:
+        outcome["in_progress"] = True
+        outcome["rounds_reflected"] = len(state.memos)
+    return {
+        "spec": state.spec,
+        "request": state.request,
+        "plans": [{"round": p["round"], "rationale": p["rationale"]} for p in state.plans],
+        "reflections": list(dict.fromkeys(reflections))[:20],
+        "focus_compositions": list(dict.fromkeys(focus))[:6],
+        "focus_space_groups": list(dict.fromkeys(groups))[:6],
+        "outcome": outcome,
+        "generator_yields": totals_of_rounds(m.get("generator_stats", {}) for m in state.memos),
+    }
+
+
+def record_progress(state: State, context: Context) -> str | None:
+    """Upsert the campaign record of a run that is still going (no candidates).
+
+    A run interrupted later is then remembered with its rounds so far; the final
+    :func:`record_run` replaces the record.
+
+    Returns:
+        A note for the report when the record could not be written, else ``None``.
+    """
+    if not state.memos:
+        return None
+    store, _ = memory_for(context)
+    if store is None:
+        return None  # recall already said why, once
+    try:
+        store.add_campaign(context.run_dir.name, campaign_record(state, in_progress=True))
+    except Exception as exc:  # a store problem must not stop a design run
+        logger.warning("cannot record the run's progress in the memory store: %s", exc)
+        return f"progress after round {state.round} not recorded in the memory store: {exc}"
+    return None
+
+
 def record_run(state: State, context: Context) -> list[str]:
     """Write the campaign and its validated candidates into the memory store.
 
@@ -252,18 +323,9 @@ def record_run(state: State, context: Context) -> list[str]:
     store, note = memory_for(context)
     if store is None:
         return [note] if note else []
-    from crystalforge.agent.nodes.reflect import distinct_hits
     from crystalforge.agent.resources import store_for
 
     run_id = context.run_dir.name
-    results = list(state.results)
-    hits = distinct_hits(results)
-    last = state.memos[-1] if state.memos else None
-    focus = [h["formula"] for h in hits] + list(last["focus_compositions"] if last else [])
-    groups = [h["space_group"] for h in hits if h["space_group"]] + list(
-        last["focus_space_groups"] if last else []
-    )
-    reflections = [text for memo in state.memos for text in memo["changes"]]
     try:
         run_store = store_for(context)
         entries = [
@@ -276,23 +338,7 @@ def record_run(state: State, context: Context) -> list[str]:
             for r in run_store.results(list(dict.fromkeys(state.candidate_ids)))
         ]
         written = store.add_candidates(run_id, entries)
-        store.add_campaign(
-            run_id,
-            {
-                "spec": state.spec,
-                "request": state.request,
-                "plans": [{"round": p["round"], "rationale": p["rationale"]} for p in state.plans],
-                "reflections": list(dict.fromkeys(reflections))[:20],
-                "focus_compositions": list(dict.fromkeys(focus))[:6],
-                "focus_space_groups": list(dict.fromkeys(groups))[:6],
-                "outcome": {
-                    "stop_reason": state.stop_reason,
-                    "hits": len(hits),
-                    "evaluated": len(results),
-                    "best": [h["id"] for h in hits[:5]],
-                },
-            },
-        )
+        store.add_campaign(run_id, campaign_record(state))
     except Exception as exc:  # recording must not lose the run's report
         logger.warning("cannot record the run in the memory store: %s", exc)
         return [f"run not recorded in the memory store: {exc}"]
