@@ -246,10 +246,10 @@ def run(options: SuiteOptions) -> SuiteResult:
         max_atoms=max_atoms,
         seed=options.seed,
         device=options.device,
-        code=code_fingerprint(),
     )
+    codes = {family: code_fingerprint(family) for family in families}
     log = None if options.out_dir is None else options.out_dir / CELL_LOG
-    done = _read_cells(log, spec) if log is not None else {}
+    done = _read_cells(log, spec, codes) if log is not None else {}
     todo = [(s, f) for s in systems for f in families if _cell_key(f, s) not in done]
     if done:
         total = len(systems) * len(families)
@@ -259,7 +259,7 @@ def run(options: SuiteOptions) -> SuiteResult:
     for cell in _score_cells(todo, spec, options.workers):
         done[_cell_key(cell.family, cell.system)] = cell
         if log is not None:
-            _append_cell(log, spec, cell)
+            _append_cell(log, spec, codes[cell.family], cell)
     tallies = {family: _Tally() for family in families}
     for system in systems:
         for family in families:
@@ -302,7 +302,7 @@ def run(options: SuiteOptions) -> SuiteResult:
             "max_atoms": max_atoms,
             "seed": options.seed,
             "workers": options.workers,
-            "code_fingerprint": spec.code,
+            "code_fingerprints": codes,
             "reference_hull": reference.name,
             "counts": {
                 f: {
@@ -333,8 +333,6 @@ class _CellSpec:
     max_atoms: int
     seed: int
     device: str
-    code: str
-    """:func:`code_fingerprint` of the run."""
 
     def key(self) -> dict[str, Any]:
         """The fields that must match for a logged cell to be reused (not the data path)."""
@@ -351,44 +349,73 @@ class _Cell(_Counts):
     """Why the request failed as a whole (first 200 characters), or ``None``."""
 
 
-def code_fingerprint() -> str:
-    """Git tree ids of ``generators/`` and ``tools/validators/`` at HEAD, plus uncommitted edits.
+def code_fingerprint(family: str | None = None) -> str:
+    """Git ids of the code a family's cells depend on, plus a hash of uncommitted edits there.
 
-    Cells logged under another fingerprint are not reused: a retrained checkpoint or a changed
-    validator is a new experiment. Uncommitted changes add a hash of the diff and of the list of
-    untracked files, so the same working tree resumes and an edited one does not. ``"unknown"``
-    outside a git checkout (then cells are reused on settings alone).
+    The code is ``tools/validators/`` and ``generators/`` without the model packages
+    (``generators/<name>/`` with an ``__init__.py``, other than ``data``) that the family's
+    module neither lives in nor names: retraining the diffusion model does not invalidate the
+    autoregressive cells, but a changed validator or shared sampler invalidates all of them.
+    ``family=None`` covers everything. Cells logged under another fingerprint are not reused.
+    Uncommitted changes add a hash of the diff and of the untracked files, so the same working
+    tree resumes and an edited one does not. ``"unknown"`` outside a git checkout (then cells
+    are reused on settings alone).
     """
     import hashlib
     import subprocess
+    import sys
 
     root = Path(__file__).resolve().parent.parent
+    packages = {d.name for d in (root / "generators").iterdir() if (d / "__init__.py").exists()} - {
+        "data"
+    }
+    used = set(packages)
+    if family is not None:
+        module = sys.modules[type(_generator(family)).__module__]
+        source = Path(module.__file__ or "")
+        text = source.read_text() if source.is_file() else ""
+        used = {
+            name for name in packages
+            if source.is_relative_to(root / "generators" / name)
+            or f"crystalforge.generators.{name}" in text
+        }  # fmt: skip
+    excluded = [f"generators/{name}/" for name in sorted(packages - used)]
+    spec = ["tools/validators", "generators", *(f":(exclude){path}" for path in excluded)]
 
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
         ).stdout
 
-    parts = []
     try:
-        for sub in ("generators", "tools/validators"):
-            part = git("rev-parse", f"HEAD:{sub}").strip()[:12]
-            status = git("status", "--porcelain", "--", sub)
-            if status.strip():
-                edits = status + git("diff", "HEAD", "--", sub)
-                part += "+" + hashlib.sha1(edits.encode()).hexdigest()[:8]
-            parts.append(part)
+        # ls-tree takes no exclude pathspecs: filter its lines.
+        tree = "".join(
+            line + "\n"
+            for line in git("ls-tree", "-r", "HEAD", "--", *spec[:2]).splitlines()
+            if not any(line.split("\t", 1)[-1].startswith(path) for path in excluded)
+        )
+        status = git("status", "--porcelain", "--untracked-files=all", "--", *spec)
+        edits = ""
+        if status.strip():
+            edits = status + git("diff", "HEAD", "--", *spec)
+            for line in status.splitlines():
+                if line.startswith("??") and (root / line[3:]).is_file():
+                    edits += hashlib.sha1((root / line[3:]).read_bytes()).hexdigest()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return "/".join(parts)
+    digest = hashlib.sha1(tree.encode()).hexdigest()[:12]
+    return digest + ("+" + hashlib.sha1(edits.encode()).hexdigest()[:8] if edits else "")
 
 
 def _cell_key(family: str, system: tuple[str, ...]) -> str:
     return f"{family}|{'-'.join(system)}"
 
 
-def _read_cells(log: Path, spec: _CellSpec) -> dict[str, _Cell]:
-    """Finished cells of an earlier run with the same settings; unreadable lines are skipped."""
+def _read_cells(log: Path, spec: _CellSpec, codes: dict[str, str]) -> dict[str, _Cell]:
+    """Finished cells of an earlier run with the same settings and the same family code.
+
+    ``codes`` maps family -> :func:`code_fingerprint`; unreadable lines are skipped.
+    """
     import json
 
     cells: dict[str, _Cell] = {}
@@ -397,9 +424,9 @@ def _read_cells(log: Path, spec: _CellSpec) -> dict[str, _Cell]:
     for number, line in enumerate(log.read_text().splitlines(), 1):
         try:
             entry = json.loads(line)
-            if entry["spec"] != spec.key():
-                continue
             cell = _Cell(**{**entry["cell"], "system": tuple(entry["cell"]["system"])})
+            if entry["spec"] != spec.key() or entry["code"] != codes.get(cell.family):
+                continue
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning(
                 "eval generators: line %d of %s is not a cell (%s); skipped", number, log, exc
@@ -409,12 +436,13 @@ def _read_cells(log: Path, spec: _CellSpec) -> dict[str, _Cell]:
     return cells
 
 
-def _append_cell(log: Path, spec: _CellSpec, cell: _Cell) -> None:
+def _append_cell(log: Path, spec: _CellSpec, code: str, cell: _Cell) -> None:
     import json
 
     log.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"spec": spec.key(), "code": code, "cell": asdict(cell)}
     with log.open("a") as handle:
-        handle.write(json.dumps({"spec": spec.key(), "cell": asdict(cell)}) + "\n")
+        handle.write(json.dumps(entry) + "\n")
 
 
 def _score_cells(

@@ -113,7 +113,7 @@ def test_killed_run_resumes_from_the_cell_log(data_dir: Path, tmp_path: Path, mo
     options = SuiteOptions(
         data_dir=data_dir, out_dir=tmp_path, families=("wyckoff",), per_family=4, systems=3
     )
-    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda: "tree-a")
+    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda family=None: "tree-a")
     first: list[str] = []
     monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(first, fail_after=5))
     with pytest.raises(RuntimeError, match="killed"):
@@ -140,17 +140,24 @@ def test_killed_run_resumes_from_the_cell_log(data_dir: Path, tmp_path: Path, mo
     run(SuiteOptions(**{**options.__dict__, "per_family": 5}))
     assert len(third) == 9
     # So is other generator or validator code (a retrained checkpoint, an edited stage).
-    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda: "tree-b")
+    monkeypatch.setattr(
+        generators_suite,
+        "code_fingerprint",
+        lambda family=None: "tree-b" if family == "wyckoff" else "tree-a",
+    )
     fourth: list[str] = []
     monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(fourth))
     run(options)
-    assert len(fourth) == 9
+    assert sorted(fourth) == sorted(c for c in first + second if c.startswith("wyckoff"))
 
 
-def test_code_fingerprint_names_both_trees():
-    parts = generators_suite.code_fingerprint().split("/")
-    assert len(parts) == 2
-    assert all(len(p.split("+")[0]) == 12 for p in parts)
+def test_code_fingerprint_covers_only_the_model_packages_a_family_uses():
+    fingerprint = generators_suite.code_fingerprint
+    assert len(fingerprint().split("+")[0]) == 12
+    # pyxtal and wyckoff do not use the autoregressive package; wyformer imports its tokenizer.
+    assert fingerprint("pyxtal").split("+")[0] == fingerprint("wyckoff").split("+")[0]
+    assert fingerprint("pyxtal") != fingerprint("autoregressive")
+    assert fingerprint("wyformer").split("+")[0] != fingerprint("pyxtal").split("+")[0]
 
 
 def test_workers_must_be_positive(data_dir: Path):
