@@ -128,15 +128,18 @@ def _write_cache(path: Path, crystals: list[Crystal], ids: list[str]) -> None:
 
 
 def _read_cache(path: Path) -> tuple[list[Crystal], list[str]]:
-    data = np.load(path)
-    offsets = np.concatenate([[0], np.cumsum(data["counts"])])
+    # Each ``data[key]`` of an npz decompresses the array again: read every array once.
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in ("lattice", "frac", "numbers", "energy", "counts")}
+        ids = [str(x) for x in data["ids"]]
+    offsets = np.concatenate([[0], np.cumsum(arrays["counts"])])
     crystals = [
         Crystal(
-            lattice=data["lattice"][i],
-            frac=data["frac"][offsets[i] : offsets[i + 1]],
-            numbers=data["numbers"][offsets[i] : offsets[i + 1]],
-            energy=float(data["energy"][i]),
+            lattice=arrays["lattice"][i],
+            frac=arrays["frac"][offsets[i] : offsets[i + 1]],
+            numbers=arrays["numbers"][offsets[i] : offsets[i + 1]],
+            energy=float(arrays["energy"][i]),
         )
-        for i in range(len(data["counts"]))
+        for i in range(len(arrays["counts"]))
     ]
-    return crystals, [str(x) for x in data["ids"]]
+    return crystals, ids

@@ -111,14 +111,32 @@ def evaluate(
     energy: tuple[float, float],
     device: torch.device,
     seed: int = 0,
+    deadline: float = math.inf,
 ) -> tuple[float, float]:
-    """Mean (lattice, coordinate) loss over ``crystals`` with fixed noise (seeded)."""
+    """Mean (lattice, coordinate) loss over ``crystals`` with fixed noise (seeded).
+
+    Args:
+        model: The denoiser.
+        schedules: Noise schedules.
+        crystals: Validation cells.
+        stats: Lattice standardization.
+        energy: Mean and std of the formation energy (standardization of the property).
+        device: Torch device.
+        seed: Seed of the fixed validation noise.
+        deadline: ``time.monotonic()`` value after which the remaining batches are skipped
+            (the mean is then over the batches done, at least one).
+
+    Returns:
+        ``(lattice_loss, coord_loss)`` averaged per cell.
+    """
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     total_l = total_f = 0.0
     count = 0
     with torch.no_grad():
         for idx in _batches(crystals, np.random.default_rng(seed), shuffle=False):
+            if count and time.monotonic() > deadline:
+                break
             batch = {
                 k: v.to(device)
                 for k, v in collate([crystals[i] for i in idx], stats, energy).items()
@@ -146,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="use only this many rows (tests)")
+    parser.add_argument("--log-every", type=int, default=50, help="log every this many steps")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -181,9 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = math.inf
     start = time.monotonic()
     step = 0
+    logger.info("%d steps per epoch; budget %.1f minutes", steps_per_epoch, args.minutes)
+    window_start, window_steps = time.monotonic(), 0
     for epoch in range(args.epochs):
         # Learning rate: cosine over the time budget (the binding limit on CPU).
         run_l = run_f = 0.0
+        epoch_steps = 0
         for idx in _batches(train, rng, shuffle=True):
             frac_time = min(1.0, (time.monotonic() - start) / (args.minutes * 60))
             for group in optimizer.param_groups:
@@ -204,15 +226,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_l += float(lat)
             run_f += float(coord)
             step += 1
+            epoch_steps += 1
+            window_steps += 1
+            if step % args.log_every == 0:
+                now = time.monotonic()
+                logger.info(
+                    "epoch %d step %d/%d lattice %.4f coord %.4f lr %.2e %.2f steps/s",
+                    epoch + 1,
+                    epoch_steps,
+                    steps_per_epoch,
+                    run_l / epoch_steps,
+                    run_f / epoch_steps,
+                    optimizer.param_groups[0]["lr"],
+                    window_steps / max(now - window_start, 1e-9),
+                )
+                window_start, window_steps = now, 0
             if time.monotonic() > deadline:
                 break
-        val_l, val_f = evaluate(model, schedules, val, stats, energy, device)
+        # Validation gets at most 2 minutes past the deadline.
+        val_l, val_f = evaluate(
+            model,
+            schedules,
+            val,
+            stats,
+            energy,
+            device,
+            deadline=max(deadline, time.monotonic()) + 120,
+        )
         record = {
             "epoch": epoch + 1,
             "step": step,
+            "epoch_steps": epoch_steps,
             "minutes": round((time.monotonic() - start) / 60, 2),
-            "train_lattice": run_l / steps_per_epoch,
-            "train_coord": run_f / steps_per_epoch,
+            "train_lattice": run_l / max(epoch_steps, 1),
+            "train_coord": run_f / max(epoch_steps, 1),
             "val_lattice": val_l,
             "val_coord": val_f,
         }
@@ -220,20 +267,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("%s", record)
         if val_l + val_f < best:
             best = val_l + val_f
-            _save(args.out, model, stats, energy, config, record, len(train), len(val), args)
+            _save(args.out, model, stats, energy, record, train, len(val), args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        log = {
+            "history": history,
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "lr": args.lr,
+            "train_rows": len(train),
+            "val_rows": len(val),
+            "parameters": params,
+            "seed": args.seed,
+            "device": str(device),
+            "total_minutes": round((time.monotonic() - start) / 60, 2),
+            "validation_ids_sample": [ids[i] for i in perm[:5]],
+        }
+        # Written every epoch so an interrupted run keeps its curve.
+        args.out.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
         if time.monotonic() > deadline:
             break
-    log = {
-        "history": history,
-        "train_rows": len(train),
-        "val_rows": len(val),
-        "parameters": params,
-        "seed": args.seed,
-        "device": str(device),
-        "total_minutes": round((time.monotonic() - start) / 60, 2),
-        "validation_ids_sample": [ids[i] for i in perm[:5]],
-    }
-    args.out.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
     return 0
 
 
@@ -242,12 +294,40 @@ def _save(
     model: Denoiser,
     stats: LatticeStats,
     energy: tuple[float, float],
-    config: ModelConfig,
     record: dict[str, Any],
-    n_train: int,
+    crystals: Sequence[Crystal],
     n_val: int,
     args: argparse.Namespace,
 ) -> None:
+    save_checkpoint(
+        path,
+        model,
+        stats=stats,
+        energy=energy,
+        elements=element_counts(crystals),
+        info={"record": record, "train_rows": len(crystals), "val_rows": n_val, "seed": args.seed},
+    )
+
+
+def save_checkpoint(
+    path: Path,
+    model: Denoiser,
+    *,
+    stats: LatticeStats,
+    energy: tuple[float, float],
+    elements: dict[str, int],
+    info: dict[str, Any] | None = None,
+) -> None:
+    """Write a float16 checkpoint that :func:`.generator.load_model` reads.
+
+    Args:
+        path: Output ``.pt`` file (parent folders are created).
+        model: The denoiser.
+        stats: Lattice standardization of the training rows.
+        energy: Mean and std of the training formation energies (eV/atom).
+        elements: Training cells per element symbol.
+        info: Extra fields (training record, row counts, seed).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
@@ -255,18 +335,27 @@ def _save(
     }
     torch.save(
         {
+            **(info or {}),
             "format": 1,
-            "config": model_config_dict(config),
+            "config": model_config_dict(model.config),
             "state_dict": state,
             "lattice_stats": {"mean": list(stats.mean), "std": list(stats.std)},
             "energy_stats": list(energy),
-            "record": record,
-            "train_rows": n_train,
-            "val_rows": n_val,
-            "seed": args.seed,
+            "element_counts": elements,
         },
         path,
     )
+
+
+def element_counts(crystals: Sequence[Crystal]) -> dict[str, int]:
+    """Training cells per element symbol (the generator refuses elements never seen)."""
+    from pymatgen.core import Element
+
+    counts: dict[int, int] = {}
+    for crystal in crystals:
+        for z in {int(x) for x in crystal.numbers}:
+            counts[z] = counts.get(z, 0) + 1
+    return {Element.from_Z(z).symbol: n for z, n in sorted(counts.items())}
 
 
 if __name__ == "__main__":
