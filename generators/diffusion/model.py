@@ -38,6 +38,8 @@ SIGMA_MAX = 0.5
 """Largest wrapped-normal σ on fractional coordinates (at t = T)."""
 MAX_Z = 100
 """Largest atomic number the element embedding covers."""
+X0_CLIP = 5.0
+"""Sampling clips the estimated clean lattice representation to ± this many training stds."""
 _WRAPS = 3  # images summed per side for the wrapped-normal score
 
 
@@ -393,7 +395,11 @@ def sample(
         a_t, a_prev = abars[step], abars[prev]
         alpha = a_t / a_prev
         beta = 1 - alpha
-        mean = (lat - beta / torch.sqrt(1 - a_t) * eps) / torch.sqrt(alpha)
+        # Posterior mean through the clipped clean estimate: the same as
+        # (lat - beta / sqrt(1 - a_t) * eps) / sqrt(alpha) when nothing is clipped, but an error
+        # in eps is not amplified by 1 / sqrt(alpha) on the large first jumps of few steps.
+        x0 = ((lat - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)).clamp(-X0_CLIP, X0_CLIP)
+        mean = (torch.sqrt(a_prev) * beta * x0 + torch.sqrt(alpha) * (1 - a_prev) * lat) / (1 - a_t)
         if prev > 0:
             var = beta * (1 - a_prev) / (1 - a_t)
             lat = mean + torch.sqrt(var) * torch.randn(lat.shape, device=dev, generator=generator)
