@@ -32,6 +32,7 @@ _GENERATORS: dict[str, tuple[str, str, str | None]] = {
         "AutoregressiveGenerator",
         "ml",
     ),
+    "diffusion": ("crystalforge.generators.diffusion.generator", "DiffusionGenerator", "ml"),
     "fake": ("crystalforge.generators.fake", "FakeGenerator", None),
     "pyxtal": ("crystalforge.generators.symmetry", "PyXtalGenerator", None),
     "pyxtal-uniform": ("crystalforge.generators.symmetry", "UniformPyXtalGenerator", None),
