@@ -20,6 +20,10 @@ class SuiteRunner(Protocol):
 
 
 SUITES: dict[str, tuple[str, str]] = {
+    "csp": (
+        "crystalforge.evals.csp",
+        "crystal structure prediction on held-out MP-20 rows: match rate, RMSE (diffusion, pyxtal)",
+    ),
     "generators": (
         "crystalforge.evals.generators",
         "validity, SMACT, uniqueness, novelty, E_hull <= 0.1 and S.U.N. per generator family",

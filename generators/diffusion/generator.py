@@ -156,7 +156,7 @@ def sample_structures(
     seed: int,
     steps: int = 250,
     corrector_step: float = 0.4,
-    target_formation_energy: float | None = None,
+    target_formation_energy: float | Sequence[float] | None = None,
     guidance: float = 0.0,
     batch_size: int = 64,
 ) -> list[Structure]:
@@ -171,8 +171,8 @@ def sample_structures(
         seed: Seed of the torch generator.
         steps: Reverse diffusion steps.
         corrector_step: Langevin corrector step factor (0 disables the corrector).
-        target_formation_energy: Formation energy per atom (eV/atom) to condition on, or
-            ``None`` for unconditioned sampling.
+        target_formation_energy: Formation energy per atom (eV/atom) to condition on, one
+            for all cells or one per cell; ``None`` for unconditioned sampling.
         guidance: Classifier-free guidance weight (used with a target).
         batch_size: Cells per batch.
 
@@ -185,6 +185,15 @@ def sample_structures(
 
     if not species:
         return []
+    targets: list[float] | None = None
+    if isinstance(target_formation_energy, int | float):
+        targets = [float(target_formation_energy)] * len(species)
+    elif target_formation_energy is not None:
+        targets = [float(x) for x in target_formation_energy]
+        if len(targets) != len(species):
+            raise ValueError(
+                f"{len(targets)} target energies for {len(species)} cells; give one or one per cell"
+            )
     dev = loaded.device
     generator = torch.Generator(device=dev).manual_seed(seed % 2**63)
     order = sorted(range(len(species)), key=lambda i: (len(species[i]), i))
@@ -198,9 +207,9 @@ def sample_structures(
             numbers[row, : len(species[i])] = torch.tensor([Element(s).Z for s in species[i]])
             mask[row, : len(species[i])] = 1.0
         prop = None
-        if target_formation_energy is not None:
+        if targets is not None:
             mean, std = loaded.energy_stats
-            prop = torch.full((len(idx),), (target_formation_energy - mean) / std, device=dev)
+            prop = torch.tensor([(targets[i] - mean) / std for i in idx], device=dev)
         lat, frac = sample(
             loaded.model,
             loaded.schedules,

@@ -165,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="use only this many rows (tests)")
     parser.add_argument("--log-every", type=int, default=50, help="log every this many steps")
+    parser.add_argument("--plot", type=Path, default=None, help="loss-curve PNG at the end")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -286,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
         if time.monotonic() > deadline:
             break
+    if args.plot is not None and history:
+        plot_history(history, args.plot)
     return 0
 
 
@@ -345,6 +348,30 @@ def save_checkpoint(
         },
         path,
     )
+
+
+def plot_history(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write train/validation lattice and coordinate loss curves (per epoch) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, title in zip(
+        axes, ("lattice", "coord"), ("lattice (ε MSE)", "coordinates (σ·score MSE)"), strict=True
+    ):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle("Diffusion model losses")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def element_counts(crystals: Sequence[Crystal]) -> dict[str, int]:

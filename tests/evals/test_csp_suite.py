@@ -1,0 +1,59 @@
+"""``crystalforge eval csp`` end to end on two held-out rows with a tiny random checkpoint."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("chgnet")
+
+from crystalforge.core.errors import ConfigError
+from crystalforge.evals.base import SuiteOptions
+from crystalforge.evals.csp import any_of_k_metrics, best_by_energy, run
+from crystalforge.evals.registry import available_suites
+from tests.generators.test_diffusion_generator import write_tiny_checkpoint
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_csp_suite_is_registered() -> None:
+    assert "csp" in available_suites()
+
+
+def test_quick_run_gives_four_selections_per_method(data_dir: Path, tmp_path: Path) -> None:
+    checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
+    options = SuiteOptions(quick=True, data_dir=data_dir, limit=2, device="cpu")
+    result = run(options, checkpoint_path=checkpoint)
+    assert [(r["method"], r["k"]) for r in result.rows] == [
+        (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2)
+    ]
+    for row in result.rows:
+        assert row["rows"] == 2
+        assert 0 <= row["matched"] <= 2  # type: ignore[operator]
+        assert row["match_rate"] == row["matched"] / 2  # type: ignore[operator]
+    assert len(result.metadata["material_ids"]) == 2
+    assert result.metadata["k"] == 2
+
+
+def test_unknown_method_is_a_config_error(data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="'cdvae'"):
+        run(SuiteOptions(quick=True, data_dir=data_dir, families=("cdvae",)))
+
+
+def test_selection_uses_energy_and_any_of_k_uses_every_sample() -> None:
+    from pymatgen.core import Lattice, Structure
+
+    nacl = Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4, [
+        [0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5],
+        [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0.5, 0.5, 0.5],
+    ])  # fmt: skip
+    cscl = Structure(Lattice.cubic(3.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    samples = [[cscl, None], [nacl, cscl]]
+    assert best_by_energy(samples, [[-1.0, float("nan")], [-2.0, -1.0]]) == [nacl, cscl]
+    assert best_by_energy(samples, [[-3.0, float("nan")], [-2.0, float("nan")]]) == [cscl, None]
+    metrics = any_of_k_metrics(samples, [nacl, nacl])
+    assert metrics.matched == 1
+    assert metrics.rmse < 1e-6
