@@ -277,17 +277,46 @@ class WyckoffPriorGenerator:
         )
         if structure is None:
             return None
-        if self.volume_prior:
-            counts = {str(el): float(n) for el, n in structure.composition.items()}
-            target = self.priors.cell_volume(counts)
-            if target is not None and target > 0:
-                structure.scale_lattice(target * self.volume_factor)
-        if self.min_distance_ratio > 0 and _clashes(structure, self.min_distance_ratio):
-            logger.debug(
-                "wyckoff: %s in %d has clashing atoms", structure.formula, plan.space_group
-            )
-            return None
-        return structure
+        return scale_and_screen(
+            structure,
+            self.priors if self.volume_prior else None,
+            volume_factor=self.volume_factor,
+            min_distance_ratio=self.min_distance_ratio,
+        )
+
+
+def scale_and_screen(
+    structure: Structure,
+    priors: WyckoffPriors | None,
+    *,
+    volume_factor: float = 1.0,
+    min_distance_ratio: float = 0.5,
+) -> Structure | None:
+    """Scale a freshly placed cell to the learned volume and reject it if atoms clash.
+
+    Shared by every generator that lets PyXtal place atoms on sampled Wyckoff sites
+    (``wyckoff``, ``autoregressive``).
+
+    Args:
+        structure: The cell PyXtal built (scaled in place).
+        priors: Learned priors whose per-element atom volumes give the target volume;
+            ``None`` keeps PyXtal's volume.
+        volume_factor: Multiplies the learned volume.
+        min_distance_ratio: Reject when two atoms (periodic images included) are closer than
+            this times the sum of their covalent radii; ``0`` turns the screen off.
+
+    Returns:
+        The structure, or ``None`` when it has clashing atoms.
+    """
+    if priors is not None:
+        counts = {str(el): float(n) for el, n in structure.composition.items()}
+        target = priors.cell_volume(counts)
+        if target is not None and target > 0:
+            structure.scale_lattice(target * volume_factor)
+    if min_distance_ratio > 0 and _clashes(structure, min_distance_ratio):
+        logger.debug("%s has clashing atoms", structure.formula)
+        return None
+    return structure
 
 
 def _clashes(structure: Structure, ratio: float) -> bool:

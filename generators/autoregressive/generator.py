@@ -137,7 +137,14 @@ class AutoregressiveGenerator:
     pyxtal_attempts: int = 2
     """PyXtal placements tried per sampled sequence."""
     volume_factor: float = 1.0
-    """Cell volume relative to PyXtal's sum of atomic volumes."""
+    """Cell volume relative to the learned per-element volumes (``volume_prior``), else to
+    PyXtal's sum of atomic volumes."""
+    volume_prior: bool = True
+    """Scale each placed cell to the sum of per-element atom volumes learned from the training
+    rows (the ``wyckoff`` generator's priors), as ``wyckoff`` does."""
+    min_distance_ratio: float = 0.5
+    """Reject a placement with two atoms closer than this times the sum of covalent radii
+    (``0``: off); the same screen as ``wyckoff``."""
     charge_balanced: bool = True
     """Keep only compositions that the request's composition enumeration admits."""
     min_space_group_support: int = 3
@@ -163,6 +170,10 @@ class AutoregressiveGenerator:
             raise ConfigError(f"fallback must be 'wyckoff' or 'none', got {self.fallback!r}")
         if not (self.volume_factor > 0 and math.isfinite(self.volume_factor)):
             raise ConfigError(f"volume_factor must be positive, got {self.volume_factor!r}")
+        if not 0.0 <= self.min_distance_ratio < 2.0:
+            raise ConfigError(
+                f"min_distance_ratio must be in [0, 2), got {self.min_distance_ratio!r}"
+            )
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
 
@@ -220,6 +231,21 @@ class AutoregressiveGenerator:
             raise GenerationFailed(f"autoregressive produced no structure for {request!r}")
         return out
 
+    def _build(self, gene: WyckoffGene, seed: int) -> Structure | None:
+        """PyXtal's placement of ``gene``, scaled to the learned volume and clash-screened."""
+        from crystalforge.generators.priors import load_priors
+        from crystalforge.generators.wyckoff import scale_and_screen
+
+        structure = build_from_gene(gene, seed, 1.0 if self.volume_prior else self.volume_factor)
+        if structure is None:
+            return None
+        return scale_and_screen(
+            structure,
+            load_priors(None) if self.volume_prior else None,
+            volume_factor=self.volume_factor,
+            min_distance_ratio=self.min_distance_ratio,
+        )
+
     # -- sampling --------------------------------------------------------------------------
 
     def _sample(
@@ -264,7 +290,7 @@ class AutoregressiveGenerator:
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))
                 structure = None
                 for attempt in range(self.pyxtal_attempts):
-                    structure = build_from_gene(gene, seed + attempt, self.volume_factor)
+                    structure = self._build(gene, seed + attempt)
                     if structure is not None:
                         break
                 if (
@@ -280,6 +306,7 @@ class AutoregressiveGenerator:
                     "temperature": self.temperature,
                     "pyxtal_seed": seed,
                     "volume_factor": self.volume_factor,
+                    "volume_prior": self.volume_prior,
                     "sample_index": sampled - size,
                 }
                 candidate = Candidate.create(
