@@ -123,7 +123,13 @@ class WyFormerGenerator:
     pyxtal_attempts: int = 2
     """PyXtal placements tried per matching gene."""
     volume_factor: float = 1.0
-    """Cell volume relative to PyXtal's sum of atomic volumes."""
+    """Cell volume relative to the learned per-element volumes (``volume_prior``), else to
+    PyXtal's sum of atomic volumes."""
+    volume_prior: bool = True
+    """Place atoms as ``autoregressive`` does: learned volume (see
+    :func:`~crystalforge.generators.autoregressive.generator.place_gene`)."""
+    min_distance_ratio: float = 0.5
+    """Clash screen of the placement, as ``autoregressive`` and ``wyckoff`` (``0``: off)."""
     timeout_s: float = 300.0
     """Time-out of one subprocess call, seconds."""
     name: str = field(default="wyformer", init=False)
@@ -134,6 +140,10 @@ class WyFormerGenerator:
             raise ConfigError(
                 "samples_per_round, max_rounds and pyxtal_attempts must be >= 1, got "
                 f"{self.samples_per_round!r}, {self.max_rounds!r}, {self.pyxtal_attempts!r}"
+            )
+        if not 0.0 <= self.min_distance_ratio < 2.0:
+            raise ConfigError(
+                f"min_distance_ratio must be in [0, 2), got {self.min_distance_ratio!r}"
             )
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
@@ -199,7 +209,7 @@ class WyFormerGenerator:
         """
         import numpy as np
 
-        from crystalforge.generators.autoregressive.generator import build_from_gene
+        from crystalforge.generators.autoregressive.generator import place_gene
 
         if request.num_structures < 0:
             raise GenerationFailed(f"num_structures must be >= 0, got {request.num_structures!r}")
@@ -227,7 +237,13 @@ class WyFormerGenerator:
                 seed = int(rng.integers(2**62))
                 structure = None
                 for attempt in range(self.pyxtal_attempts):
-                    structure = build_from_gene(gene, seed + attempt, self.volume_factor)
+                    structure = place_gene(
+                        gene,
+                        seed + attempt,
+                        volume_factor=self.volume_factor,
+                        volume_prior=self.volume_prior,
+                        min_distance_ratio=self.min_distance_ratio,
+                    )
                     if structure is not None:
                         break
                 if structure is None:
@@ -240,6 +256,7 @@ class WyFormerGenerator:
                     "wyformer_round": round_,
                     "pyxtal_seed": seed,
                     "volume_factor": self.volume_factor,
+                    "volume_prior": self.volume_prior,
                 }
                 candidate = Candidate.create(
                     structure, generator=self.name, seed=request.seed,

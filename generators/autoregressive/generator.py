@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Composition, Element, Structure
 
 from crystalforge.core.candidate import Candidate
 from crystalforge.core.errors import ConfigError, DataError, GenerationFailed
@@ -48,7 +48,7 @@ from crystalforge.generators.autoregressive.tokenizer import (
     WyckoffGene,
     multiplicity,
 )
-from crystalforge.generators.compositions import enumerate_compositions
+from crystalforge.generators.compositions import charge_balance_of, enumerate_compositions
 from crystalforge.generators.symmetry import centering_multiplicity
 
 if TYPE_CHECKING:
@@ -71,6 +71,11 @@ class _Loaded:
     vocab: Vocabulary
     space_group_counts: dict[int, int]
     element_counts: dict[str, int]
+
+    @property
+    def elements(self) -> set[str]:
+        """Elements the model has tokens for (seen in training)."""
+        return {el for el in self.vocab.index if Element.is_valid_symbol(el)}
 
 
 @functools.cache
@@ -195,10 +200,20 @@ class AutoregressiveGenerator:
             return []
         if bad := [sg for sg in request.space_groups if not 1 <= sg <= 230]:
             raise GenerationFailed(f"space groups must be in 1-230, got {bad!r}")
-        choices = enumerate_compositions(request)  # raises for impossible requests
-        formulas = {c.formula for c in choices}
         loaded = self._loaded
-        pool, required = _element_pool(request)
+        formulas: set[str] | None = None  # None: check each sampled formula on its own
+        if _unconditional(request):
+            if request.max_atoms < max(request.min_atoms, 1):
+                raise GenerationFailed(
+                    f"no cell size fits: min_atoms={request.min_atoms!r} > "
+                    f"max_atoms={request.max_atoms!r}"
+                )
+            pool = loaded.elements - set(request.excluded_elements)
+            required = set(request.required_elements)
+        else:
+            choices = enumerate_compositions(request)  # raises for impossible requests
+            formulas = {c.formula for c in choices}
+            pool, required = _element_pool(request)
         unseen = sorted(e for e in pool | required if e not in loaded.vocab.index)
         problem: str | None = None
         if unseen and (required & set(unseen) or not pool - set(unseen)):
@@ -233,16 +248,11 @@ class AutoregressiveGenerator:
 
     def _build(self, gene: WyckoffGene, seed: int) -> Structure | None:
         """PyXtal's placement of ``gene``, scaled to the learned volume and clash-screened."""
-        from crystalforge.generators.priors import load_priors
-        from crystalforge.generators.wyckoff import scale_and_screen
-
-        structure = build_from_gene(gene, seed, 1.0 if self.volume_prior else self.volume_factor)
-        if structure is None:
-            return None
-        return scale_and_screen(
-            structure,
-            load_priors(None) if self.volume_prior else None,
+        return place_gene(
+            gene,
+            seed,
             volume_factor=self.volume_factor,
+            volume_prior=self.volume_prior,
             min_distance_ratio=self.min_distance_ratio,
         )
 
@@ -255,7 +265,7 @@ class AutoregressiveGenerator:
         pool: set[str],
         required: set[str],
         groups: tuple[int, ...],
-        formulas: set[str],
+        formulas: set[str] | None,
     ) -> list[Candidate]:
         import torch
 
@@ -284,7 +294,14 @@ class AutoregressiveGenerator:
                     rejected += 1
                     continue
                 formula = _formula(gene)
-                if formula is None or (self.charge_balanced and formula not in formulas):
+                if formula is None or (
+                    self.charge_balanced
+                    and (
+                        formula not in formulas
+                        if formulas is not None
+                        else charge_balance_of(formula) == "none"
+                    )
+                ):
                     rejected += 1
                     continue
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -415,6 +432,16 @@ class AutoregressiveGenerator:
         return filled
 
 
+def _unconditional(request: GenerationRequest) -> bool:
+    """No chemical system, element pool, formula or composition list: any trained element."""
+    return not (
+        request.chemical_system
+        or request.elements
+        or request.formula is not None
+        or request.compositions
+    )
+
+
 def _element_pool(request: GenerationRequest) -> tuple[set[str], set[str]]:
     """Elements the sequence may use and those it must use."""
     if request.chemical_system:
@@ -531,6 +558,44 @@ def _formula(gene: WyckoffGene) -> str | None:
     if any(n % centering for n in counts.values()):
         return None
     return Composition(counts).reduced_formula
+
+
+def place_gene(
+    gene: WyckoffGene,
+    seed: int,
+    *,
+    volume_factor: float = 1.0,
+    volume_prior: bool = True,
+    min_distance_ratio: float = 0.5,
+) -> Structure | None:
+    """:func:`build_from_gene`, then the ``wyckoff`` generator's learned volume and clash screen.
+
+    Every family that samples Wyckoff genes (``autoregressive``, ``wyformer``) places atoms this
+    way, so their comparison is one of the models, not of the placement.
+
+    Args:
+        gene: Space group and sites.
+        seed: PyXtal seed.
+        volume_factor: Multiplies the learned volume (or PyXtal's when ``volume_prior`` is off).
+        volume_prior: Scale to the per-element atom volumes learned from the training rows.
+        min_distance_ratio: Clash screen (see
+            :func:`~crystalforge.generators.wyckoff.scale_and_screen`); ``0``: off.
+
+    Returns:
+        The primitive cell, or ``None`` when PyXtal failed or atoms clash.
+    """
+    from crystalforge.generators.priors import load_priors
+    from crystalforge.generators.wyckoff import scale_and_screen
+
+    structure = build_from_gene(gene, seed, 1.0 if volume_prior else volume_factor)
+    if structure is None:
+        return None
+    return scale_and_screen(
+        structure,
+        load_priors(None) if volume_prior else None,
+        volume_factor=volume_factor,
+        min_distance_ratio=min_distance_ratio,
+    )
 
 
 def build_from_gene(gene: WyckoffGene, seed: int, volume_factor: float = 1.0) -> Structure | None:
