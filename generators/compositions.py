@@ -163,6 +163,20 @@ def enumerate_compositions(
     return [choice for _, choice in ranked]
 
 
+def charge_balance_of(formula: str) -> ChargeBalance:
+    """How ``formula`` balances: ``"common"``, ``"rare"``, ``"metallic"`` or ``"none"``.
+
+    The same rule :func:`enumerate_compositions` applies, for a formula a model proposed.
+
+    Raises:
+        GenerationFailed: ``formula`` is not a formula of known elements.
+    """
+    composition = _parse_formula(formula).reduced_composition
+    symbols = _by_electronegativity(el.symbol for el in composition.elements)
+    coeffs = tuple(round(composition[s]) for s in symbols)
+    return _balance_any(symbols, coeffs)[1]
+
+
 def z_options(num_atoms: int, min_atoms: int, max_atoms: int) -> tuple[int, ...]:
     """Formula units ``z`` with ``min_atoms <= z * num_atoms <= max_atoms``."""
     first = max(1, -(-min_atoms // num_atoms))

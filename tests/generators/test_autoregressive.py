@@ -117,3 +117,36 @@ def test_registry_entry() -> None:
     generator = load_generator("autoregressive", temperature=0.8)
     assert isinstance(generator, AutoregressiveGenerator)
     assert generator.family == "autoregressive"
+
+
+def test_unconditional_request_samples_charge_balanced_trained_elements() -> None:
+    from crystalforge.generators.compositions import charge_balance_of
+
+    generator = AutoregressiveGenerator(fallback="none")
+    request = GenerationRequest(num_structures=4, seed=2, max_atoms=12, excluded_elements=("O",))
+    out = generator.generate(request)
+    assert len(out) == 4
+    trained = _load(str(DEFAULT_CHECKPOINT)).elements
+    for candidate in out:
+        symbols = {el.symbol for el in candidate.structure.composition.elements}
+        assert symbols <= trained
+        assert "O" not in symbols
+        assert charge_balance_of(candidate.formula) != "none"
+        assert len(candidate.structure) <= 12
+        assert candidate.parameters["volume_prior"] is True
+    with pytest.raises(GenerationFailed, match="no cell size fits"):
+        generator.generate(GenerationRequest(num_structures=1, min_atoms=5, max_atoms=4))
+
+
+def test_volume_prior_sets_the_learned_cell_volume() -> None:
+    from crystalforge.generators.autoregressive.generator import place_gene
+    from crystalforge.generators.priors import load_priors
+
+    placed = place_gene(ROCK_SALT, seed=0)
+    assert placed is not None
+    learned = load_priors(None).cell_volume({"Na": 1.0, "Cl": 1.0})
+    assert learned is not None
+    assert placed.volume == pytest.approx(learned, rel=1e-6)
+    raw = place_gene(ROCK_SALT, seed=0, volume_prior=False, min_distance_ratio=0)
+    assert raw is not None
+    assert raw.volume != pytest.approx(learned, rel=1e-3)

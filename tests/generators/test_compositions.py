@@ -170,3 +170,14 @@ def test_formula_that_does_not_fit_the_atom_range() -> None:
 def test_bad_requests(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(GenerationFailed, match=message):
         enumerate_compositions(_request(**kwargs))
+
+
+def test_charge_balance_of_a_proposed_formula() -> None:
+    from crystalforge.generators.compositions import charge_balance_of
+
+    assert charge_balance_of("Li2MnO3") == "common"
+    assert charge_balance_of("LiO3") != "common"
+    assert charge_balance_of("CuZn") == "metallic"
+    assert charge_balance_of("NaCl2F5") == "none"
+    with pytest.raises(GenerationFailed, match="Xx"):
+        charge_balance_of("XxO2")
