@@ -190,6 +190,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1,
         help="Processes sharing the work, one torch thread each (eval generators; default 1).",
     )
+    evaluate.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="eval generators: seeded batches with no chemical system (--systems batches; "
+        "default families autoregressive, wyformer) instead of held-out systems.",
+    )
     return parser
 
 
@@ -491,6 +497,7 @@ def _eval(args: argparse.Namespace) -> int:
         per_family=args.per_family,
         systems=args.systems,
         workers=args.workers,
+        unconditional=args.unconditional,
     )
     result = runner(options)
     table = Table(title=result.title)

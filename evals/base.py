@@ -44,6 +44,8 @@ class SuiteOptions:
     """Number of chemical systems drawn (``None``: the suite's default)."""
     workers: int = 1
     """Processes that share the work (suites that support it; 1: in this process)."""
+    unconditional: bool = False
+    """eval generators: seeded batches without a chemical system instead of held-out systems."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,7 +60,11 @@ space-group prior and no learned priors."""
 PLAIN_BASELINE = "pyxtal-uniform"
 """Registry name of plain PyXtal random generation: uniform compatible space groups."""
 BASELINES = (BASELINE, PLAIN_BASELINE)
-"""Both are always in the run; S.U.N. is reported relative to each."""
+"""Both are always in a conditioned run; S.U.N. is reported relative to each."""
+UNCONDITIONAL = "*"
+"""First element of the pseudo-system of an unconditional batch: ``("*", "<batch>")``."""
+UNCONDITIONAL_FAMILIES = ("autoregressive", "wyformer")
+"""Default families of ``--unconditional`` (the Wyckoff-sequence models: ours and the anchor)."""
 EXCLUDED = ("fake",)
 """Registered generators never compared by default (test doubles)."""
 SHARES = ("valid", "smact", "unique", "novel", "metastable", "sun")
@@ -232,13 +236,19 @@ def run(options: SuiteOptions) -> SuiteResult:
         raise SetupError(f"need >= 1 system and structure, got {n_systems} and {per_family}")
     if options.workers < 1:
         raise SetupError(f"workers must be >= 1, got {options.workers!r}")
-    families = list(dict.fromkeys(options.families)) or default_families()
+    families = list(dict.fromkeys(options.families)) or (
+        list(UNCONDITIONAL_FAMILIES) if options.unconditional else default_families()
+    )
     if unknown := [f for f in families if f not in available_generators()]:
         raise SetupError(f"unknown generator(s) {unknown}; choose from {available_generators()}")
-    for number, name in enumerate(BASELINES):
-        if name not in families:
-            families.insert(number, name)
-    systems = held_out_systems(options.data_dir, n_systems, options.seed)
+    if options.unconditional:
+        # Batches of unconditional samples (any trained element), one seed each.
+        systems = [(UNCONDITIONAL, str(i)) for i in range(n_systems)]
+    else:
+        for number, name in enumerate(BASELINES):
+            if name not in families:
+                families.insert(number, name)
+        systems = held_out_systems(options.data_dir, n_systems, options.seed)
     reference = load_reference(options.data_dir)
     spec = _CellSpec(
         data_dir=str(options.data_dir),
@@ -264,7 +274,7 @@ def run(options: SuiteOptions) -> SuiteResult:
     for system in systems:
         for family in families:
             tallies[family].add(done[_cell_key(family, system)])
-    baselines = {name: tallies[name] for name in BASELINES}
+    baselines = {name: tallies.get(name) for name in BASELINES}
     rows = [_row(family, tallies[family], baselines, options.seed) for family in families]
     figures = []
     if options.out_dir is not None:
@@ -272,8 +282,11 @@ def run(options: SuiteOptions) -> SuiteResult:
     return SuiteResult(
         suite="generators",
         title=(
-            f"Generators on {len(systems)} held-out ternary systems, {per_family} requested per "
-            f"family and system, <= {max_atoms} atoms"
+            f"Generators unconditionally: {len(systems)} seeded batches of {per_family} per "
+            f"family, <= {max_atoms} atoms"
+            if options.unconditional
+            else f"Generators on {len(systems)} held-out ternary systems, {per_family} "
+            f"requested per family and system, <= {max_atoms} atoms"
         ),
         columns=COLUMNS,
         rows=rows,
@@ -502,13 +515,20 @@ def _generator(family: str) -> Any:
 def _score_cell(family: str, system: tuple[str, ...], spec: _CellSpec) -> _Cell:
     """Generate ``spec.per_family`` structures of ``family`` in ``system`` and validate them."""
     cell = _Cell(family=family, system=system)
-    request = GenerationRequest(
-        num_structures=spec.per_family,
-        seed=spec.seed,
-        chemical_system=system,
-        elements=system,
-        max_atoms=spec.max_atoms,
-    )
+    if system[0] == UNCONDITIONAL:
+        request = GenerationRequest(
+            num_structures=spec.per_family,
+            seed=spec.seed * 1000 + int(system[1]),
+            max_atoms=spec.max_atoms,
+        )
+    else:
+        request = GenerationRequest(
+            num_structures=spec.per_family,
+            seed=spec.seed,
+            chemical_system=system,
+            elements=system,
+            max_atoms=spec.max_atoms,
+        )
     started = time.perf_counter()
     try:
         candidates = _generator(family).generate(request)
@@ -551,8 +571,10 @@ def _score(tally: _Counts, candidates: list[Candidate], results: list[Any], smac
             tally.relaxed += 1
 
 
-def _relative(t: _Tally, baseline: _Tally, seed: int) -> str:
+def _relative(t: _Tally, baseline: _Tally | None, seed: int) -> str:
     """S.U.N. share over the baseline's with its bootstrap interval, as table text."""
+    if baseline is None:
+        return "n/a (not in run)"
     if t is baseline:
         return "1 (baseline)"
     ratio, low, high = bootstrap_ratio(t.per_system, baseline.per_system, seed=seed)
@@ -561,7 +583,7 @@ def _relative(t: _Tally, baseline: _Tally, seed: int) -> str:
     return f"{ratio:.2f}" + ("" if low is None or high is None else f" [{low:.2f}-{high:.2f}]")
 
 
-def _row(family: str, t: _Tally, baselines: dict[str, _Tally], seed: int) -> dict[str, Any]:
+def _row(family: str, t: _Tally, baselines: dict[str, _Tally | None], seed: int) -> dict[str, Any]:
     def pct(k: int) -> float | None:
         return round(100 * k / t.generated, 1) if t.generated else None
 

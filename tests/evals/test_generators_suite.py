@@ -163,3 +163,25 @@ def test_code_fingerprint_covers_only_the_model_packages_a_family_uses():
 def test_workers_must_be_positive(data_dir: Path):
     with pytest.raises(SetupError, match="workers must be >= 1, got 0"):
         run(SuiteOptions(data_dir=data_dir, families=("wyckoff",), workers=0))
+
+
+def test_unconditional_batches_have_no_chemical_system(data_dir: Path, monkeypatch):
+    requests = []
+
+    class Recorder:
+        def generate(self, request):
+            requests.append(request)
+            raise generators_suite.GenerationFailed("recorded")
+
+    monkeypatch.setattr(generators_suite, "_generator", lambda family: Recorder())
+    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda family=None: "tree")
+    result = run(
+        SuiteOptions(data_dir=data_dir, unconditional=True, systems=3, per_family=5, seed=2)
+    )
+    assert [str(r["family"]) for r in result.rows] == list(generators_suite.UNCONDITIONAL_FAMILIES)
+    assert len(requests) == 3 * len(generators_suite.UNCONDITIONAL_FAMILIES)
+    assert {r.seed for r in requests} == {2000, 2001, 2002}
+    assert all(r.chemical_system is None and r.elements is None for r in requests)
+    assert all(r.num_structures == 5 and r.max_atoms == 20 for r in requests)
+    assert result.rows[0]["S.U.N. / pyxtal"] == "n/a (not in run)"
+    assert "unconditionally" in result.title
