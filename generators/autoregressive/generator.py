@@ -290,6 +290,8 @@ class AutoregressiveGenerator:
             for gene in genes:
                 if len(out) >= request.num_structures:
                     break
+                if time.monotonic() > deadline:  # PyXtal placements can take seconds each
+                    break
                 if gene is None:
                     rejected += 1
                     continue

@@ -150,3 +150,9 @@ def test_volume_prior_sets_the_learned_cell_volume() -> None:
     raw = place_gene(ROCK_SALT, seed=0, volume_prior=False, min_distance_ratio=0)
     assert raw is not None
     assert raw.volume != pytest.approx(learned, rel=1e-3)
+
+
+def test_time_budget_is_checked_between_placements() -> None:
+    request = GenerationRequest(num_structures=3, seed=0, chemical_system=("Li", "Mn", "O"))
+    with pytest.raises(GenerationFailed, match="produced no structure"):
+        AutoregressiveGenerator(timeout_s=1e-6, fallback="none").generate(request)
