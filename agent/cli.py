@@ -486,6 +486,8 @@ def _eval(args: argparse.Namespace) -> int:
         console.print(table)
         return EXIT_OK
     runner = load_suite(args.suite)
+    # Suites report progress (counts, rates, time left) at INFO: show it without -v.
+    logging.getLogger("crystalforge.evals").setLevel(min(logging.INFO, logging.root.level))
     options = SuiteOptions(
         quick=args.quick,
         seed=args.seed,
