@@ -57,3 +57,17 @@ def test_selection_uses_energy_and_any_of_k_uses_every_sample() -> None:
     metrics = any_of_k_metrics(samples, [nacl, nacl])
     assert metrics.matched == 1
     assert metrics.rmse < 1e-6
+
+
+def test_guidance_formation_energy_subtracts_elemental_references() -> None:
+    import math
+
+    from pymatgen.core import Lattice, Structure
+
+    from crystalforge.evals.csp_guidance import formation_energies
+
+    nacl = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    out = formation_energies([nacl, None, nacl], [-4.0, -1.0, math.nan], {"Na": -1.0, "Cl": -2.0})
+    assert out[0] == -2.5
+    assert math.isnan(out[1])
+    assert math.isnan(out[2])
