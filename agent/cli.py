@@ -196,6 +196,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="eval generators: seeded batches with no chemical system (--systems batches; "
         "default families autoregressive, wyformer) instead of held-out systems.",
     )
+    evaluate.add_argument(
+        "--partial",
+        action="store_true",
+        help="eval generators: tabulate the cells already finished next to --json (systems "
+        "with every family done; the rest are named) and compute nothing.",
+    )
     return parser
 
 
@@ -500,6 +506,7 @@ def _eval(args: argparse.Namespace) -> int:
         systems=args.systems,
         workers=args.workers,
         unconditional=args.unconditional,
+        partial=args.partial,
     )
     result = runner(options)
     table = Table(title=result.title)

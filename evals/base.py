@@ -46,6 +46,9 @@ class SuiteOptions:
     """Processes that share the work (suites that support it; 1: in this process)."""
     unconditional: bool = False
     """eval generators: seeded batches without a chemical system instead of held-out systems."""
+    partial: bool = False
+    """eval generators: tabulate only the finished cells of the log (systems with every family
+    done), computing nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -266,6 +266,17 @@ def run(options: SuiteOptions) -> SuiteResult:
         logger.info(
             "eval generators: %d of %d cells read back from %s", total - len(todo), total, log
         )
+    skipped: list[tuple[str, ...]] = []
+    if options.partial:
+        # Tabulate what the log holds: the systems whose every family is finished.
+        skipped = sorted({system for system, _ in todo})
+        systems = [s for s in systems if s not in skipped]
+        todo = []
+        if not systems:
+            raise SetupError(
+                f"--partial: no system has all of {families} finished in {log}; run without "
+                "--partial first"
+            )
     for cell in _score_cells(todo, spec, options.workers):
         done[_cell_key(cell.family, cell.system)] = cell
         if log is not None:
@@ -307,6 +318,14 @@ def run(options: SuiteOptions) -> SuiteResult:
                 for f, t in tallies.items()
             ),
             f"reference hull: {reference.name}",
+            *(
+                [
+                    f"PARTIAL: {len(skipped)} of {len(systems) + len(skipped)} systems not "
+                    "finished and left out: " + ", ".join("-".join(x) for x in skipped)
+                ]
+                if skipped
+                else []
+            ),
         ],
         metadata={
             "systems": ["-".join(s) for s in systems],
@@ -315,6 +334,7 @@ def run(options: SuiteOptions) -> SuiteResult:
             "max_atoms": max_atoms,
             "seed": options.seed,
             "workers": options.workers,
+            "partial_systems_left_out": ["-".join(x) for x in skipped],
             "code_fingerprints": codes,
             "reference_hull": reference.name,
             "counts": {

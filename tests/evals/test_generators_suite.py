@@ -185,3 +185,22 @@ def test_unconditional_batches_have_no_chemical_system(data_dir: Path, monkeypat
     assert all(r.num_structures == 5 and r.max_atoms == 20 for r in requests)
     assert result.rows[0]["S.U.N. / pyxtal"] == "n/a (not in run)"
     assert "unconditionally" in result.title
+
+
+def test_partial_tabulates_only_finished_systems(data_dir: Path, tmp_path: Path, monkeypatch):
+    options = SuiteOptions(
+        data_dir=data_dir, out_dir=tmp_path, families=("wyckoff",), per_family=4, systems=3
+    )
+    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda family=None: "tree")
+    calls: list[str] = []
+    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(calls, fail_after=5))
+    with pytest.raises(SetupError, match="no system has all"):
+        run(SuiteOptions(**{**options.__dict__, "partial": True}))
+    with pytest.raises(RuntimeError, match="killed"):
+        run(options)
+    assert len(calls) == 5  # system 1 complete (3 families), system 2 with 2 of 3
+    result = run(SuiteOptions(**{**options.__dict__, "partial": True}))
+    assert len(calls) == 5  # nothing computed
+    assert all(r["generated"] == 4 for r in result.rows)
+    assert len(result.metadata["partial_systems_left_out"]) == 2
+    assert any(note.startswith("PARTIAL: 2 of 3 systems") for note in result.notes)
