@@ -197,6 +197,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "default families autoregressive, wyformer) instead of held-out systems.",
     )
     evaluate.add_argument(
+        "--markdown", action="store_true", help="Print the table as Markdown (for the docs)."
+    )
+    evaluate.add_argument(
         "--partial",
         action="store_true",
         help="eval generators: tabulate the cells already finished next to --json (systems "
@@ -509,13 +512,16 @@ def _eval(args: argparse.Namespace) -> int:
         partial=args.partial,
     )
     result = runner(options)
-    table = Table(title=result.title)
-    for column in result.columns:
-        table.add_column(column)
-    for row in result.rows:
-        table.add_row(*(_cell(row.get(column)) for column in result.columns))
-    # Piped output has no terminal width; keep wide tables readable in logs.
-    console.print(table, width=None if console.is_terminal else 160)
+    if args.markdown:
+        console.print(escape(markdown_table(result.columns, result.rows)), soft_wrap=True)
+    else:
+        table = Table(title=result.title)
+        for column in result.columns:
+            table.add_column(column)
+        for row in result.rows:
+            table.add_row(*(_cell(row.get(column)) for column in result.columns))
+        # Piped output has no terminal width; keep wide tables readable in logs.
+        console.print(table, width=None if console.is_terminal else 160)
     for note in result.notes:
         console.print(escape(note))
     for figure in result.figures:
@@ -524,6 +530,15 @@ def _eval(args: argparse.Namespace) -> int:
         result.write_json(args.json)
         console.print(f"written: {args.json}")
     return EXIT_OK
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """A suite's table as GitHub Markdown (for the docs)."""
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    for row in rows:
+        cells = (_cell(row.get(column)).replace("|", "\\|") for column in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cell(value: object) -> str:

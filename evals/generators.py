@@ -597,6 +597,8 @@ def _relative(t: _Tally, baseline: _Tally | None, seed: int) -> str:
         return "n/a (not in run)"
     if t is baseline:
         return "1 (baseline)"
+    if not t.generated:
+        return "n/a (nothing generated)"
     ratio, low, high = bootstrap_ratio(t.per_system, baseline.per_system, seed=seed)
     if ratio is None:
         return "n/a (baseline 0)"
