@@ -296,14 +296,7 @@ class AutoregressiveGenerator:
                     rejected += 1
                     continue
                 formula = _formula(gene)
-                if formula is None or (
-                    self.charge_balanced
-                    and (
-                        formula not in formulas
-                        if formulas is not None
-                        else charge_balance_of(formula) == "none"
-                    )
-                ):
+                if formula is None or (self.charge_balanced and not _balanced(formula, formulas)):
                     rejected += 1
                     continue
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -432,6 +425,17 @@ class AutoregressiveGenerator:
                 )
             )
         return filled
+
+
+def _balanced(formula: str, formulas: set[str] | None) -> bool:
+    """Whether a sampled formula is charge-balanced for the request.
+
+    ``formulas`` are the request's enumerated compositions; ``None`` (an unconditional
+    request) checks the formula on its own with :func:`charge_balance_of`.
+    """
+    if formulas is not None:
+        return formula in formulas
+    return charge_balance_of(formula) != "none"
 
 
 def _unconditional(request: GenerationRequest) -> bool:
