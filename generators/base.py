@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pymatgen.core import Structure
 
-    from crystalforge.core.candidate import Candidate
+    from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.core.spec import DesignSpec
 
 Family = Literal["wyckoff", "substitution", "autoregressive", "diffusion", "external", "fake"]
@@ -86,3 +88,42 @@ class Generator(Protocol):
     def generate(self, request: GenerationRequest) -> list[Candidate]:
         """Propose structures for ``request``."""
         ...
+
+
+@dataclass
+class UniqueCandidates:
+    """The candidates of one ``generate`` call, each structure at most once.
+
+    Every generator that draws structures one by one collects them here, so the provenance
+    (generator name, request seed and round) and the duplicate rule are the same everywhere.
+    """
+
+    generator: str
+    """Registry name written into each candidate."""
+    request: GenerationRequest
+    items: list[Candidate] = field(default_factory=list)
+    """The kept candidates, in the order they were added."""
+    duplicates: int = 0
+    """Structures dropped because an identical one (same candidate id) was already kept."""
+    _ids: set[str] = field(default_factory=set, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, structure: Structure, parameters: Mapping[str, Scalar]) -> Candidate | None:
+        """Keep ``structure`` as a new candidate; ``None`` (counted) when it is a duplicate."""
+        from crystalforge.core.candidate import Candidate
+
+        candidate = Candidate.create(
+            structure,
+            generator=self.generator,
+            seed=self.request.seed,
+            parameters=dict(parameters),
+            round=self.request.round,
+        )
+        if candidate.id in self._ids:
+            self.duplicates += 1
+            return None
+        self._ids.add(candidate.id)
+        self.items.append(candidate)
+        return candidate

@@ -25,14 +25,14 @@ from pyxtal import pyxtal
 from pyxtal.msg import Error as PyXtalError
 from pyxtal.symmetry import Group
 
-from crystalforge.core.candidate import Candidate
 from crystalforge.core.errors import ConfigError, GenerationFailed
+from crystalforge.generators.base import UniqueCandidates
 from crystalforge.generators.compositions import CompositionChoice, enumerate_compositions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from crystalforge.core.candidate import Scalar
+    from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.generators.base import Family, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -264,9 +264,8 @@ def generate_with_budget(
         GenerationFailed: Nothing was produced (time budget or every attempt failed).
     """
     deadline = time.monotonic() + timeout_s
-    out: list[Candidate] = []
-    seen: set[str] = set()
-    attempts = failures = duplicates = 0
+    kept = UniqueCandidates(name, request)
+    attempts = failures = 0
     timed_out = False
     for index in range(request.num_structures):
         rng = np.random.default_rng([request.seed % 2**64, index])
@@ -280,29 +279,19 @@ def generate_with_budget(
                 failures += 1
                 continue
             structure, parameters = made
-            candidate = Candidate.create(
-                structure,
-                generator=name,
-                seed=request.seed,
-                parameters={"index": index, "attempt": attempt_number, **parameters},
-                round=request.round,
-            )
-            if candidate.id in seen:
-                duplicates += 1
-                continue
-            seen.add(candidate.id)
-            out.append(candidate)
-            break
+            if kept.add(structure, {"index": index, "attempt": attempt_number, **parameters}):
+                break
         if timed_out:
             break
+    out = kept.items
     logger.debug(
         "%s: %d structures from %d attempts (%d failed, %d duplicates)",
-        name, len(out), attempts, failures, duplicates,
+        name, len(out), attempts, failures, kept.duplicates,
     )  # fmt: skip
     why = (
         f"the {timeout_s:g} s time budget ran out"
         if timed_out
-        else f"{failures} of {attempts} attempts failed and {duplicates} were duplicates"
+        else f"{failures} of {attempts} attempts failed and {kept.duplicates} were duplicates"
     )
     if not out:
         raise GenerationFailed(f"{name} produced no structure: {why}")

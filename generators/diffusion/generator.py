@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pymatgen.core import Composition, Element, Lattice, Structure
 
-from crystalforge.core.candidate import Candidate
 from crystalforge.core.errors import ConfigError, DataError, GenerationFailed
+from crystalforge.generators.base import UniqueCandidates
 from crystalforge.generators.compositions import enumerate_compositions
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     import torch
 
-    from crystalforge.core.candidate import Scalar
+    from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.generators.base import Family, GenerationRequest
     from crystalforge.generators.compositions import CompositionChoice
     from crystalforge.generators.diffusion.model import Denoiser, Schedules
@@ -326,9 +326,9 @@ class DiffusionGenerator:
         rng = np.random.default_rng(request.seed)
         budget = request.num_structures * self.samples_per_structure
         deadline = time.monotonic() + self.timeout_s
-        out: list[Candidate] = []
-        seen: set[str] = set()
-        drawn = rejected = duplicates = 0
+        kept = UniqueCandidates(self.name, request)
+        out = kept.items
+        drawn = rejected = 0
         while len(out) < request.num_structures and drawn < budget:
             if time.monotonic() > deadline:
                 logger.warning("diffusion: %g s time budget ran out", self.timeout_s)
@@ -354,21 +354,10 @@ class DiffusionGenerator:
                 if not is_sensible(structure, self.min_distance):
                     rejected += 1
                     continue
-                candidate = Candidate.create(
-                    structure,
-                    generator=self.name,
-                    seed=request.seed,
-                    parameters=self._parameters(choice, z, drawn - 1, request),
-                    round=request.round,
-                )
-                if candidate.id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(candidate.id)
-                out.append(candidate)
+                kept.add(structure, self._parameters(choice, z, drawn - 1, request))
         logger.info(
             "diffusion: %d structures from %d samples (%d rejected, %d duplicates)",
-            len(out), drawn, rejected, duplicates,
+            len(out), drawn, rejected, kept.duplicates,
         )  # fmt: skip
         if not out:
             raise GenerationFailed(
