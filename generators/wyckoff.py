@@ -19,9 +19,11 @@ a space group and PyXtal's placement of atoms on a random lattice. Unlike it, th
   as many elements (``"space_group"``), and PyXtal chooses the Wyckoff positions itself; where the
   priors have no data (e.g. 6+ elements, or no compatible group among 64 draws) the space group
   comes from PyXtalGenerator's hand-written prior (``"fallback"``);
-* the built cell is scaled to the sum of learned per-element atom volumes (``volume_prior``) and
-  rejected, as a failed attempt, when two atoms are closer than ``min_distance_ratio`` times the
-  sum of their covalent radii (a cheap screen before CHGNet).
+* the built cell is scaled to the sum of learned per-element atom volumes (``volume_prior``),
+  its atoms are pushed apart at fixed cell and symmetry until no pair is much closer than the
+  sum of their covalent radii (``push_steps``, :mod:`~crystalforge.generators.packing`, as
+  AIRSS does before relaxing), and it is rejected, as a failed attempt, when two atoms are
+  still closer than ``min_distance_ratio`` times that sum (a cheap screen before CHGNet).
 
 Cells, the PyXtal call and the attempt loop are shared with
 :class:`~crystalforge.generators.symmetry.PyXtalGenerator`
@@ -42,6 +44,7 @@ import numpy as np
 from pymatgen.core import Composition, Structure
 
 from crystalforge.core.errors import ConfigError, GenerationFailed
+from crystalforge.generators.packing import check_push
 from crystalforge.generators.priors import (
     WyckoffCombination,
     WyckoffPriors,
@@ -116,6 +119,11 @@ class WyckoffPriorGenerator:
     min_distance_ratio: float = 0.5
     """Reject a built cell (a failed attempt) when two atoms are closer than this fraction of
     the sum of their covalent radii; 0 disables the check."""
+    push_steps: int = 100
+    """Rounds of the symmetric hard-sphere push (:mod:`~crystalforge.generators.packing`) that
+    spreads atoms out after scaling, before the clash screen; ``0``: off."""
+    push_scale: float = 0.85
+    """Contact distance of the push relative to the sum of covalent radii."""
     priors_path: str | None = None
     """JSON written by ``train_priors``; ``None``: the priors shipped with the package."""
     name: str = field(default="wyckoff", init=False)
@@ -142,6 +150,7 @@ class WyckoffPriorGenerator:
             raise ConfigError(
                 f"min_distance_ratio must be in [0, 2), got {self.min_distance_ratio!r}"
             )
+        check_push(self.push_steps, self.push_scale)
 
     @property
     def priors(self) -> WyckoffPriors:
@@ -181,6 +190,7 @@ class WyckoffPriorGenerator:
                 "pyxtal_seed": pyxtal_seed,
                 "volume_factor": self.volume_factor,
                 "volume_prior": self.volume_prior,
+                "push_steps": self.push_steps,
                 "volume_a3": round(float(structure.volume), 3),
             }
             if plan.sites is not None:
@@ -282,6 +292,8 @@ class WyckoffPriorGenerator:
             self.priors if self.volume_prior else None,
             volume_factor=self.volume_factor,
             min_distance_ratio=self.min_distance_ratio,
+            push_steps=self.push_steps,
+            push_scale=self.push_scale,
         )
 
 
@@ -291,8 +303,10 @@ def scale_and_screen(
     *,
     volume_factor: float = 1.0,
     min_distance_ratio: float = 0.5,
+    push_steps: int = 0,
+    push_scale: float = 0.85,
 ) -> Structure | None:
-    """Scale a freshly placed cell to the learned volume and reject it if atoms clash.
+    """Scale a freshly placed cell to the learned volume, push atoms apart, reject clashes.
 
     Shared by every generator that lets PyXtal place atoms on sampled Wyckoff sites
     (``wyckoff``, ``autoregressive``).
@@ -304,15 +318,23 @@ def scale_and_screen(
         volume_factor: Multiplies the learned volume.
         min_distance_ratio: Reject when two atoms (periodic images included) are closer than
             this times the sum of their covalent radii; ``0`` turns the screen off.
+        push_steps: Rounds of :func:`~crystalforge.generators.packing.push_apart` (symmetric
+            hard-sphere push at fixed cell, contact ``push_scale`` times the covalent-radius
+            sum) after scaling; ``0``: no push.
+        push_scale: Contact distance of the push relative to the covalent-radius sum.
 
     Returns:
-        The structure, or ``None`` when it has clashing atoms.
+        The structure (a new object when pushed), or ``None`` when it has clashing atoms.
     """
     if priors is not None:
         counts = {str(el): float(n) for el, n in structure.composition.items()}
         target = priors.cell_volume(counts)
         if target is not None and target > 0:
             structure.scale_lattice(target * volume_factor)
+    if push_steps > 0:
+        from crystalforge.generators.packing import push_apart
+
+        structure, _ = push_apart(structure, scale=push_scale, steps=push_steps)
     if min_distance_ratio > 0 and _clashes(structure, min_distance_ratio):
         logger.debug("%s has clashing atoms", structure.formula)
         return None

@@ -37,15 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crystalforge.core.candidate import Candidate
 from crystalforge.core.errors import ConfigError, GenerationFailed
 from crystalforge.generators.autoregressive.tokenizer import WyckoffGene
+from crystalforge.generators.base import UniqueCandidates
+from crystalforge.generators.packing import check_push
 from crystalforge.generators.symmetry import centering_multiplicity
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from crystalforge.core.candidate import Scalar
+    from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.generators.base import Family, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,11 @@ class WyFormerGenerator:
     :func:`~crystalforge.generators.autoregressive.generator.place_gene`)."""
     min_distance_ratio: float = 0.5
     """Clash screen of the placement, as ``autoregressive`` and ``wyckoff`` (``0``: off)."""
+    push_steps: int = 100
+    """Rounds of the symmetric hard-sphere push after placement, as ``wyckoff`` (``0``: off;
+    see :mod:`~crystalforge.generators.packing`)."""
+    push_scale: float = 0.85
+    """Contact distance of the push relative to the sum of covalent radii."""
     timeout_s: float = 300.0
     """Time-out of one subprocess call, seconds."""
     name: str = field(default="wyformer", init=False)
@@ -147,6 +153,7 @@ class WyFormerGenerator:
             )
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
+        check_push(self.push_steps, self.push_scale)
 
     def _paths(self) -> tuple[Path, Path]:
         python = Path(self.python) if self.python else default_python()
@@ -221,9 +228,9 @@ class WyFormerGenerator:
                 f"max_atoms={request.max_atoms!r}"
             )
         rng = np.random.default_rng(request.seed % 2**63)
-        out: list[Candidate] = []
-        seen: set[str] = set()
-        stats = {"sampled": 0, "matched": 0, "pyxtal_failed": 0, "duplicates": 0}
+        kept = UniqueCandidates(self.name, request)
+        out = kept.items
+        stats = {"sampled": 0, "matched": 0, "pyxtal_failed": 0}
         for round_ in range(self.max_rounds):
             genes = self.sample_genes(self.samples_per_round, request.seed * 1000 + round_)
             stats["sampled"] += len(genes)
@@ -243,6 +250,8 @@ class WyFormerGenerator:
                         volume_factor=self.volume_factor,
                         volume_prior=self.volume_prior,
                         min_distance_ratio=self.min_distance_ratio,
+                        push_steps=self.push_steps,
+                        push_scale=self.push_scale,
                     )
                     if structure is not None:
                         break
@@ -257,18 +266,12 @@ class WyFormerGenerator:
                     "pyxtal_seed": seed,
                     "volume_factor": self.volume_factor,
                     "volume_prior": self.volume_prior,
+                    "push_steps": self.push_steps,
                 }
-                candidate = Candidate.create(
-                    structure, generator=self.name, seed=request.seed,
-                    parameters=parameters, round=request.round,
-                )  # fmt: skip
-                if candidate.id in seen:
-                    stats["duplicates"] += 1
-                    continue
-                seen.add(candidate.id)
-                out.append(candidate)
+                kept.add(structure, parameters)
             if len(out) >= request.num_structures:
                 break
+        stats["duplicates"] = kept.duplicates
         logger.info("wyformer: %d structures, filter counts %s", len(out), stats)
         if not out:
             raise GenerationFailed(

@@ -48,7 +48,9 @@ from crystalforge.generators.autoregressive.tokenizer import (
     WyckoffGene,
     multiplicity,
 )
+from crystalforge.generators.base import UniqueCandidates
 from crystalforge.generators.compositions import charge_balance_of, enumerate_compositions
+from crystalforge.generators.packing import check_push
 from crystalforge.generators.symmetry import centering_multiplicity
 
 if TYPE_CHECKING:
@@ -150,6 +152,11 @@ class AutoregressiveGenerator:
     min_distance_ratio: float = 0.5
     """Reject a placement with two atoms closer than this times the sum of covalent radii
     (``0``: off); the same screen as ``wyckoff``."""
+    push_steps: int = 100
+    """Rounds of the symmetric hard-sphere push after placement, as ``wyckoff`` (``0``: off;
+    see :mod:`~crystalforge.generators.packing`)."""
+    push_scale: float = 0.85
+    """Contact distance of the push relative to the sum of covalent radii."""
     charge_balanced: bool = True
     """Keep only compositions that the request's composition enumeration admits."""
     min_space_group_support: int = 3
@@ -181,6 +188,7 @@ class AutoregressiveGenerator:
             )
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s!r}")
+        check_push(self.push_steps, self.push_scale)
 
     @property
     def _loaded(self) -> _Loaded:
@@ -254,6 +262,8 @@ class AutoregressiveGenerator:
             volume_factor=self.volume_factor,
             volume_prior=self.volume_prior,
             min_distance_ratio=self.min_distance_ratio,
+            push_steps=self.push_steps,
+            push_scale=self.push_scale,
         )
 
     # -- sampling --------------------------------------------------------------------------
@@ -272,9 +282,9 @@ class AutoregressiveGenerator:
         generator = torch.Generator().manual_seed(request.seed % 2**63)
         deadline = time.monotonic() + self.timeout_s
         budget = max(request.num_structures, 4) * self.samples_per_structure
-        out: list[Candidate] = []
-        seen: set[str] = set()
-        sampled = rejected = failed = duplicates = 0
+        kept = UniqueCandidates(self.name, request)
+        out = kept.items
+        sampled = rejected = failed = 0
         allowed_groups = groups or tuple(
             sg for sg, n in sorted(loaded.space_group_counts.items()) if n > 0
         )
@@ -319,24 +329,14 @@ class AutoregressiveGenerator:
                     "pyxtal_seed": seed,
                     "volume_factor": self.volume_factor,
                     "volume_prior": self.volume_prior,
+                    "push_steps": self.push_steps,
                     "sample_index": sampled - size,
                 }
-                candidate = Candidate.create(
-                    structure,
-                    generator=self.name,
-                    seed=request.seed,
-                    parameters=parameters,
-                    round=request.round,
-                )
-                if candidate.id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(candidate.id)
-                out.append(candidate)
+                kept.add(structure, parameters)
         logger.info(
             "autoregressive: %d structures from %d sampled sequences "
             "(%d off-composition, %d pyxtal failures, %d duplicates)",
-            len(out), sampled, rejected, failed, duplicates,
+            len(out), sampled, rejected, failed, kept.duplicates,
         )  # fmt: skip
         return out
 
@@ -573,8 +573,10 @@ def place_gene(
     volume_factor: float = 1.0,
     volume_prior: bool = True,
     min_distance_ratio: float = 0.5,
+    push_steps: int = 0,
+    push_scale: float = 0.85,
 ) -> Structure | None:
-    """:func:`build_from_gene`, then the ``wyckoff`` generator's learned volume and clash screen.
+    """:func:`build_from_gene`, then the ``wyckoff`` generator's volume, push and clash screen.
 
     Every family that samples Wyckoff genes (``autoregressive``, ``wyformer``) places atoms this
     way, so their comparison is one of the models, not of the placement.
@@ -586,6 +588,8 @@ def place_gene(
         volume_prior: Scale to the per-element atom volumes learned from the training rows.
         min_distance_ratio: Clash screen (see
             :func:`~crystalforge.generators.wyckoff.scale_and_screen`); ``0``: off.
+        push_steps: Rounds of the hard-sphere push (``0``: off).
+        push_scale: Contact distance of the push relative to the covalent-radius sum.
 
     Returns:
         The primitive cell, or ``None`` when PyXtal failed or atoms clash.
@@ -601,6 +605,8 @@ def place_gene(
         load_priors(None) if volume_prior else None,
         volume_factor=volume_factor,
         min_distance_ratio=min_distance_ratio,
+        push_steps=push_steps,
+        push_scale=push_scale,
     )
 
 
