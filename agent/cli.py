@@ -178,7 +178,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--data-dir", type=Path, help="Reference data folder.")
     evaluate.add_argument(
-        "--families", help="Comma-separated generator names (eval generators; default: all)."
+        "--families",
+        help="Comma-separated generator names (eval generators; default: all); a name may "
+        "carry settings for an ablation, e.g. 'wyckoff,wyckoff[push_steps=0;volume_factor=1.1]'.",
     )
     evaluate.add_argument(
         "--per-family", type=int, help="Structures per family and system (eval generators)."
@@ -195,6 +197,12 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="eval generators: seeded batches with no chemical system (--systems batches; "
         "default families autoregressive, wyformer) instead of held-out systems.",
+    )
+    evaluate.add_argument(
+        "--tuning",
+        action="store_true",
+        help="eval generators: draw the systems from the training rows (systems no held-out "
+        "row has), for tuning settings without touching held-out data.",
     )
     evaluate.add_argument(
         "--markdown", action="store_true", help="Print the table as Markdown (for the docs)."
@@ -482,7 +490,7 @@ def _resume(run_dir: Path) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from crystalforge.evals.base import SuiteOptions
+    from crystalforge.evals.base import SuiteOptions, split_families
     from crystalforge.evals.registry import available_suites, load_suite
     from crystalforge.memory.reference_data import resolve_data_dir
 
@@ -504,11 +512,12 @@ def _eval(args: argparse.Namespace) -> int:
         data_dir=resolve_data_dir(args.data_dir),
         out_dir=args.json.parent if args.json else Path.cwd(),
         limit=args.limit,
-        families=tuple(f.strip() for f in (args.families or "").split(",") if f.strip()),
+        families=split_families(args.families or ""),
         per_family=args.per_family,
         systems=args.systems,
         workers=args.workers,
         unconditional=args.unconditional,
+        tuning=args.tuning,
         partial=args.partial,
     )
     result = runner(options)

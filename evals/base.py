@@ -46,6 +46,8 @@ class SuiteOptions:
     """Processes that share the work (suites that support it; 1: in this process)."""
     unconditional: bool = False
     """eval generators: seeded batches without a chemical system instead of held-out systems."""
+    tuning: bool = False
+    """eval generators: draw systems from the training rows (none held out) for tuning."""
     partial: bool = False
     """eval generators: tabulate only the finished cells of the log (systems with every family
     done), computing nothing."""
@@ -113,3 +115,16 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
+
+
+def split_families(text: str) -> tuple[str, ...]:
+    """Comma-separated family labels; commas inside ``[...]`` do not split."""
+    out: list[str] = []
+    depth, start = 0, 0
+    for i, char in enumerate(text + ","):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth <= 0:
+            if part := text[start:i].strip():
+                out.append(part)
+            start = i + 1
+    return tuple(out)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
-from crystalforge.core.errors import GenerationFailed, SetupError
+from crystalforge.core.errors import ConfigError, GenerationFailed, SetupError
 from crystalforge.evals.base import SuiteOptions, SuiteResult
 from crystalforge.generators.base import GenerationRequest
 from crystalforge.generators.registry import available_generators, load_generator
@@ -201,10 +201,58 @@ def bootstrap_ratio(
     return point, float(low), float(high)
 
 
+def parse_family(label: str) -> tuple[str, dict[str, Any]]:
+    """Registry name and settings of a family label, e.g. ``wyckoff[push_steps=0;push_scale=1.0]``.
+
+    Settings are ``key=value`` pairs separated by ``;`` inside one pair of brackets; values are
+    Python literals (numbers, booleans, quoted strings), else kept as text. A bare name has no
+    settings. Labels with settings let one run compare variants of a generator (ablations).
+
+    Raises:
+        SetupError: Brackets that do not close, or a setting without ``=``.
+    """
+    name, bracket, rest = label.partition("[")
+    if not bracket:
+        return label.strip(), {}
+    if not rest.endswith("]"):
+        raise SetupError(
+            f"family {label!r}: settings must end with ']', e.g. wyckoff[push_steps=0]"
+        )
+    settings: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in rest[:-1].split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SetupError(f"family {label!r}: setting {item!r} is not key=value")
+        try:
+            settings[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            settings[key.strip()] = value.strip()
+    return name.strip(), settings
+
+
 def held_out_systems(data_dir: Path, count: int, seed: int) -> list[tuple[str, ...]]:
     """``count`` ternary chemical systems of held-out MP-20 test rows, drawn with ``seed``."""
-    frame = pd.read_csv(data_dir / "mp_20_biternary" / "test.csv.gz", usecols=["elements"])
-    systems = sorted({tuple(sorted(ast.literal_eval(e))) for e in frame["elements"]})
+    return _ternary_systems(data_dir, count, seed, tuning=False)
+
+
+def tuning_systems(data_dir: Path, count: int, seed: int) -> list[tuple[str, ...]]:
+    """``count`` ternary systems of training rows that no held-out row has, drawn with ``seed``.
+
+    The rows are ``mp_20_biternary/val`` (training data by the split convention): settings are
+    tuned here without touching held-out data.
+    """
+    return _ternary_systems(data_dir, count, seed, tuning=True)
+
+
+def _ternary_systems(
+    data_dir: Path, count: int, seed: int, *, tuning: bool
+) -> list[tuple[str, ...]]:
+    def systems_of(split: str) -> set[tuple[str, ...]]:
+        frame = pd.read_csv(data_dir / "mp_20_biternary" / f"{split}.csv.gz", usecols=["elements"])
+        return {tuple(sorted(ast.literal_eval(e))) for e in frame["elements"]}
+
+    held_out = systems_of("test")
+    systems = sorted(systems_of("val") - held_out if tuning else held_out)
     ternary = [s for s in systems if len(s) == 3]
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(ternary), size=min(count, len(ternary)), replace=False)
@@ -239,8 +287,10 @@ def run(options: SuiteOptions) -> SuiteResult:
     families = list(dict.fromkeys(options.families)) or (
         list(UNCONDITIONAL_FAMILIES) if options.unconditional else default_families()
     )
-    if unknown := [f for f in families if f not in available_generators()]:
+    if unknown := [f for f in families if parse_family(f)[0] not in available_generators()]:
         raise SetupError(f"unknown generator(s) {unknown}; choose from {available_generators()}")
+    for family in families:  # bad settings fail here, before any cell runs
+        _generator(family)
     if options.unconditional:
         # Batches of unconditional samples (any trained element), one seed each.
         systems = [(UNCONDITIONAL, str(i)) for i in range(n_systems)]
@@ -248,7 +298,8 @@ def run(options: SuiteOptions) -> SuiteResult:
         for number, name in enumerate(BASELINES):
             if name not in families:
                 families.insert(number, name)
-        systems = held_out_systems(options.data_dir, n_systems, options.seed)
+        draw = tuning_systems if options.tuning else held_out_systems
+        systems = draw(options.data_dir, n_systems, options.seed)
     reference = load_reference(options.data_dir)
     spec = _CellSpec(
         data_dir=str(options.data_dir),
@@ -290,13 +341,14 @@ def run(options: SuiteOptions) -> SuiteResult:
     figures = []
     if options.out_dir is not None:
         figures.append(str(_plot(tallies, options.out_dir / "generators-shares.png", per_family)))
+    where = "tuning (training-row)" if options.tuning else "held-out"
     return SuiteResult(
         suite="generators",
         title=(
             f"Generators unconditionally: {len(systems)} seeded batches of {per_family} per "
             f"family, <= {max_atoms} atoms"
             if options.unconditional
-            else f"Generators on {len(systems)} held-out ternary systems, {per_family} "
+            else f"Generators on {len(systems)} {where} ternary systems, {per_family} "
             f"requested per family and system, <= {max_atoms} atoms"
         ),
         columns=COLUMNS,
@@ -529,7 +581,11 @@ def _pipeline(data_dir: str, max_atoms: int, device: str) -> Any:
 
 @functools.cache
 def _generator(family: str) -> Any:
-    return load_generator(family)
+    name, settings = parse_family(family)
+    try:
+        return load_generator(name, **settings)
+    except ConfigError as exc:
+        raise SetupError(f"family {family!r}: {exc}") from exc
 
 
 def _score_cell(family: str, system: tuple[str, ...], spec: _CellSpec) -> _Cell:

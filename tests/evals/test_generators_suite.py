@@ -10,14 +10,16 @@ import pytest
 
 from crystalforge.core.errors import SetupError
 from crystalforge.evals import generators as generators_suite
-from crystalforge.evals.base import SuiteOptions
+from crystalforge.evals.base import SuiteOptions, split_families
 from crystalforge.evals.generators import (
     BASELINE,
     COLUMNS,
     bootstrap_ratio,
     default_families,
     held_out_systems,
+    parse_family,
     run,
+    tuning_systems,
     wilson_interval,
 )
 from crystalforge.generators.registry import available_generators
@@ -34,6 +36,43 @@ def test_systems_are_held_out_ternaries_and_seeded(data_dir: Path):
     test_rows = pd.read_csv(data_dir / "mp_20_biternary" / "test.csv.gz", usecols=["elements"])
     held_out = {tuple(sorted(ast.literal_eval(e))) for e in test_rows["elements"]}
     assert all(len(s) == 3 and s in held_out for s in systems)
+
+
+def test_tuning_systems_come_from_training_rows_and_never_from_held_out_ones(data_dir: Path):
+    systems = tuning_systems(data_dir, 6, seed=0)
+    assert len(systems) == 6
+    assert systems == tuning_systems(data_dir, 6, seed=0)
+    frames = {
+        split: pd.read_csv(data_dir / "mp_20_biternary" / f"{split}.csv.gz", usecols=["elements"])
+        for split in ("test", "val")
+    }
+    held_out = {tuple(sorted(ast.literal_eval(e))) for e in frames["test"]["elements"]}
+    training = {tuple(sorted(ast.literal_eval(e))) for e in frames["val"]["elements"]}
+    assert all(len(s) == 3 and s in training and s not in held_out for s in systems)
+
+
+def test_family_labels_carry_settings_for_ablations():
+    assert parse_family("wyckoff") == ("wyckoff", {})
+    assert parse_family("wyckoff[push_steps=0; push_scale=1.0;priors_path='x.json']") == (
+        "wyckoff",
+        {"push_steps": 0, "push_scale": 1.0, "priors_path": "x.json"},
+    )
+    assert split_families("pyxtal, wyckoff[push_steps=0;a=1],diffusion") == (
+        "pyxtal",
+        "wyckoff[push_steps=0;a=1]",
+        "diffusion",
+    )
+    with pytest.raises(SetupError, match=r"must end with '\]'"):
+        parse_family("wyckoff[push_steps=0")
+    with pytest.raises(SetupError, match="not key=value"):
+        parse_family("wyckoff[push_steps]")
+
+
+def test_bad_variant_settings_fail_before_any_cell_runs(data_dir: Path):
+    with pytest.raises(SetupError, match=r"wyckoff\[push_steps=-1\].*push_steps must be"):
+        run(SuiteOptions(data_dir=data_dir, families=("wyckoff[push_steps=-1]",), systems=1))
+    with pytest.raises(SetupError, match=r"no setting\(s\) \['nope'\]"):
+        run(SuiteOptions(data_dir=data_dir, families=("wyckoff[nope=1]",), systems=1))
 
 
 def test_wilson_interval_matches_known_values():
