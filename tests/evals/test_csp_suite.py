@@ -11,7 +11,13 @@ pytest.importorskip("chgnet")
 
 from crystalforge.core.errors import ConfigError
 from crystalforge.evals.base import SuiteOptions
-from crystalforge.evals.csp import any_of_k_metrics, best_by_energy, run
+from crystalforge.evals.csp import (
+    any_of_k_metrics,
+    best_by_energy,
+    largest_cluster_near_minimum,
+    most_symmetric_near_minimum,
+    run,
+)
 from crystalforge.evals.registry import available_suites
 from tests.generators.test_diffusion_generator import write_tiny_checkpoint
 
@@ -23,13 +29,20 @@ def test_csp_suite_is_registered() -> None:
     assert "csp" in available_suites()
 
 
-def test_quick_run_gives_four_selections_per_method(data_dir: Path, tmp_path: Path) -> None:
+def test_quick_run_gives_six_selections_per_method(data_dir: Path, tmp_path: Path) -> None:
+    import gzip
+    import json
+
     checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
-    options = SuiteOptions(quick=True, data_dir=data_dir, limit=2, device="cpu")
+    options = SuiteOptions(quick=True, data_dir=data_dir, limit=2, device="cpu", out_dir=tmp_path)
     result = run(options, checkpoint_path=checkpoint)
     assert [(r["method"], r["k"]) for r in result.rows] == [
-        (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2)
+        (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2, 2, 2)
     ]
+    with gzip.open(tmp_path / "csp-samples-pyxtal.json.gz", "rt") as handle:
+        dumped = json.load(handle)
+    assert dumped["material_ids"] == result.metadata["material_ids"]
+    assert len(dumped["raw"]) == len(dumped["relaxed"]) == len(dumped["energies_ev_per_atom"]) == 2
     for row in result.rows:
         assert row["rows"] == 2
         assert 0 <= row["matched"] <= 2  # type: ignore[operator]
@@ -57,6 +70,23 @@ def test_selection_uses_energy_and_any_of_k_uses_every_sample() -> None:
     metrics = any_of_k_metrics(samples, [nacl, nacl])
     assert metrics.matched == 1
     assert metrics.rmse < 1e-6
+
+
+def test_near_minimum_selections_prefer_symmetry_and_recurrence_within_the_window() -> None:
+    from pymatgen.core import Lattice, Structure
+
+    cubic = Structure(Lattice.cubic(3.0), ["Cu"], [[0, 0, 0]])
+    sheared = Structure(Lattice.from_parameters(3.0, 3.9, 4.6, 70, 80, 100), ["Cu"], [[0, 0, 0]])
+    relaxed = [[sheared], [cubic], [cubic]]
+    # The distortion is 10 meV/atom lower: inside a 20 meV window symmetry wins, outside not.
+    energies = [[-1.01], [-1.0], [-0.9]]
+    assert best_by_energy(relaxed, energies) == [sheared]
+    assert most_symmetric_near_minimum(relaxed, energies, 0.02) == [cubic]
+    assert most_symmetric_near_minimum(relaxed, energies, 0.005) == [sheared]
+    # cubic recurs twice (the -0.9 copy counts towards its frequency) and wins on frequency.
+    assert largest_cluster_near_minimum(relaxed, energies, 0.02) == [cubic]
+    assert largest_cluster_near_minimum(relaxed, energies, 0.005) == [sheared]
+    assert most_symmetric_near_minimum([[None]], [[float("nan")]], 0.02) == [None]
 
 
 def test_guidance_formation_energy_subtracts_elemental_references() -> None:
