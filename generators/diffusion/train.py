@@ -166,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only this many rows (tests)")
     parser.add_argument("--log-every", type=int, default=50, help="log every this many steps")
     parser.add_argument("--plot", type=Path, default=None, help="loss-curve PNG at the end")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="warm start from this checkpoint (same split and size; its epochs are not redone)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -189,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ModelConfig(hidden=args.hidden, layers=args.layers)
     model = Denoiser(config)
     model.set_lattice_stats(stats)
+    init_record: dict[str, Any] | None = None
+    if args.init is not None:
+        init_record = _warm_start(model, args.init, args.seed)
     model.to(device)
     schedules = Schedules.default()
     params = sum(p.numel() for p in model.parameters())
@@ -282,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": str(device),
             "total_minutes": round((time.monotonic() - start) / 60, 2),
             "validation_ids_sample": [ids[i] for i in perm[:5]],
+            "init": None if args.init is None else {"path": str(args.init), "record": init_record},
         }
         # Written every epoch so an interrupted run keeps its curve.
         args.out.with_suffix(".log.json").write_text(json.dumps(log, indent=1))
@@ -290,6 +300,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot is not None and history:
         plot_history(history, args.plot)
     return 0
+
+
+def _warm_start(model: Denoiser, path: Path, seed: int) -> dict[str, Any] | None:
+    """Load the weights of an earlier run of the same size and split into ``model``.
+
+    Returns:
+        The training record stored in that checkpoint (epoch, minutes, losses).
+
+    Raises:
+        SystemExit: The checkpoint has another model size or another split seed.
+    """
+    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("config") != model_config_dict(model.config):
+        raise SystemExit(
+            f"--init {str(path)!r} has model config {checkpoint.get('config')!r}, "
+            f"expected {model_config_dict(model.config)!r} (match --hidden and --layers)"
+        )
+    if checkpoint.get("seed", seed) != seed:
+        raise SystemExit(
+            f"--init {str(path)!r} was trained with seed {checkpoint.get('seed')!r} (another "
+            f"validation split), expected --seed {seed}"
+        )
+    model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    record = checkpoint.get("record")
+    logger.info("warm start from %s (%s)", path, record)
+    return record
 
 
 def _save(
