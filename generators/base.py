@@ -121,9 +121,13 @@ class UniqueCandidates:
             parameters=dict(parameters),
             round=self.request.round,
         )
+        return candidate if self.keep(candidate) else None
+
+    def keep(self, candidate: Candidate) -> bool:
+        """Keep an already made candidate; ``False`` (counted) when it is a duplicate."""
         if candidate.id in self._ids:
             self.duplicates += 1
-            return None
+            return False
         self._ids.add(candidate.id)
         self.items.append(candidate)
-        return candidate
+        return True

@@ -34,6 +34,17 @@ if TYPE_CHECKING:
 
 ANIONS = frozenset({"N", "O", "F", "P", "S", "Cl", "Se", "Br", "Te", "I"})
 """Elements treated as anions when the cell also holds a metal."""
+PUSH_STEPS = 100
+"""Push rounds the generators that push use by default."""
+PUSH_SCALE = 0.85
+"""Default contact distance relative to the sum of covalent radii."""
+
+
+def covalent_radius(element: str) -> float:
+    """Covalent radius in Å (pymatgen's table; 1.5 Å for elements it lacks)."""
+    from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
+
+    return float(CovalentRadius.radius.get(element, 1.5))
 
 
 def check_push(steps: int, scale: float) -> None:
@@ -45,7 +56,7 @@ def check_push(steps: int, scale: float) -> None:
 
 
 def contact_distances(
-    symbols: list[str], *, scale: float = 0.85, anion_factor: float = 2.0
+    symbols: list[str], *, scale: float = PUSH_SCALE, anion_factor: float = 2.0
 ) -> np.ndarray:
     """Pair contact distances in Å, shape ``(n, n)``.
 
@@ -56,9 +67,7 @@ def contact_distances(
     """
     from pymatgen.core import Element
 
-    from crystalforge.generators.wyckoff import _covalent_radius
-
-    radii = np.array([_covalent_radius(s) for s in symbols])
+    radii = np.array([covalent_radius(s) for s in symbols])
     contact = scale * (radii[:, None] + radii[None, :])
     if any(Element(s).is_metal for s in set(symbols)):
         anion = np.array([s in ANIONS for s in symbols])
@@ -70,9 +79,9 @@ def contact_distances(
 def push_apart(
     structure: Structure,
     *,
-    scale: float = 0.85,
+    scale: float = PUSH_SCALE,
     anion_factor: float = 2.0,
-    steps: int = 100,
+    steps: int = PUSH_STEPS,
     tolerance: float = 0.02,
     max_move: float = 0.3,
     damping: float = 0.5,

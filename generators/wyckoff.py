@@ -44,7 +44,13 @@ import numpy as np
 from pymatgen.core import Composition, Structure
 
 from crystalforge.core.errors import ConfigError, GenerationFailed
-from crystalforge.generators.packing import check_push
+from crystalforge.generators.packing import (
+    PUSH_SCALE,
+    PUSH_STEPS,
+    check_push,
+    covalent_radius,
+    push_apart,
+)
 from crystalforge.generators.priors import (
     WyckoffCombination,
     WyckoffPriors,
@@ -119,10 +125,10 @@ class WyckoffPriorGenerator:
     min_distance_ratio: float = 0.5
     """Reject a built cell (a failed attempt) when two atoms are closer than this fraction of
     the sum of their covalent radii; 0 disables the check."""
-    push_steps: int = 100
+    push_steps: int = PUSH_STEPS
     """Rounds of the symmetric hard-sphere push (:mod:`~crystalforge.generators.packing`) that
     spreads atoms out after scaling, before the clash screen; ``0``: off."""
-    push_scale: float = 0.85
+    push_scale: float = PUSH_SCALE
     """Contact distance of the push relative to the sum of covalent radii."""
     priors_path: str | None = None
     """JSON written by ``train_priors``; ``None``: the priors shipped with the package."""
@@ -304,7 +310,7 @@ def scale_and_screen(
     volume_factor: float = 1.0,
     min_distance_ratio: float = 0.5,
     push_steps: int = 0,
-    push_scale: float = 0.85,
+    push_scale: float = PUSH_SCALE,
 ) -> Structure | None:
     """Scale a freshly placed cell to the learned volume, push atoms apart, reject clashes.
 
@@ -332,8 +338,6 @@ def scale_and_screen(
         if target is not None and target > 0:
             structure.scale_lattice(target * volume_factor)
     if push_steps > 0:
-        from crystalforge.generators.packing import push_apart
-
         structure, _ = push_apart(structure, scale=push_scale, steps=push_steps)
     if min_distance_ratio > 0 and _clashes(structure, min_distance_ratio):
         logger.debug("%s has clashing atoms", structure.formula)
@@ -344,20 +348,13 @@ def scale_and_screen(
 def _clashes(structure: Structure, ratio: float) -> bool:
     """Whether two atoms (periodic images included) are closer than ``ratio`` x covalent radii."""
     symbols = [site.specie.symbol for site in structure]
-    radii = np.array([_covalent_radius(el) for el in symbols])
+    radii = np.array([covalent_radius(el) for el in symbols])
     cutoff = ratio * 2 * float(radii.max())
     centers, points, _images, distances = structure.get_neighbor_list(cutoff)
     if len(distances) == 0:
         return False
     limits = ratio * (radii[centers] + radii[points])
     return bool(np.any(distances < limits))
-
-
-def _covalent_radius(element: str) -> float:
-    """Covalent radius in Å (pymatgen's table; 1.5 Å for elements it lacks)."""
-    from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
-
-    return float(CovalentRadius.radius.get(element, 1.5))
 
 
 def _matching_combinations(

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from crystalforge.core.errors import ConfigError, GenerationFailed
 from crystalforge.generators.autoregressive.tokenizer import WyckoffGene
 from crystalforge.generators.base import UniqueCandidates
-from crystalforge.generators.packing import check_push
+from crystalforge.generators.packing import PUSH_SCALE, PUSH_STEPS, check_push
 from crystalforge.generators.symmetry import centering_multiplicity
 
 if TYPE_CHECKING:
@@ -131,10 +131,10 @@ class WyFormerGenerator:
     :func:`~crystalforge.generators.autoregressive.generator.place_gene`)."""
     min_distance_ratio: float = 0.5
     """Clash screen of the placement, as ``autoregressive`` and ``wyckoff`` (``0``: off)."""
-    push_steps: int = 100
+    push_steps: int = PUSH_STEPS
     """Rounds of the symmetric hard-sphere push after placement, as ``wyckoff`` (``0``: off;
     see :mod:`~crystalforge.generators.packing`)."""
-    push_scale: float = 0.85
+    push_scale: float = PUSH_SCALE
     """Contact distance of the push relative to the sum of covalent radii."""
     timeout_s: float = 300.0
     """Time-out of one subprocess call, seconds."""

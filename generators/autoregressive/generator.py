@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pymatgen.core import Composition, Element, Structure
 
-from crystalforge.core.candidate import Candidate
 from crystalforge.core.errors import ConfigError, DataError, GenerationFailed
 from crystalforge.generators.autoregressive.tokenizer import (
     MAX_SITES,
@@ -50,13 +49,13 @@ from crystalforge.generators.autoregressive.tokenizer import (
 )
 from crystalforge.generators.base import UniqueCandidates
 from crystalforge.generators.compositions import charge_balance_of, enumerate_compositions
-from crystalforge.generators.packing import check_push
+from crystalforge.generators.packing import PUSH_SCALE, PUSH_STEPS, check_push
 from crystalforge.generators.symmetry import centering_multiplicity
 
 if TYPE_CHECKING:
     import torch
 
-    from crystalforge.core.candidate import Scalar
+    from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.generators.autoregressive.model import WyckoffTransformer
     from crystalforge.generators.base import Family, GenerationRequest
 
@@ -152,10 +151,10 @@ class AutoregressiveGenerator:
     min_distance_ratio: float = 0.5
     """Reject a placement with two atoms closer than this times the sum of covalent radii
     (``0``: off); the same screen as ``wyckoff``."""
-    push_steps: int = 100
+    push_steps: int = PUSH_STEPS
     """Rounds of the symmetric hard-sphere push after placement, as ``wyckoff`` (``0``: off;
     see :mod:`~crystalforge.generators.packing`)."""
-    push_scale: float = 0.85
+    push_scale: float = PUSH_SCALE
     """Contact distance of the push relative to the sum of covalent radii."""
     charge_balanced: bool = True
     """Keep only compositions that the request's composition enumeration admits."""
@@ -403,28 +402,15 @@ class AutoregressiveGenerator:
 
         logger.warning("autoregressive: %s; falling back to the wyckoff generator", reason)
         sub = dataclasses.replace(request, num_structures=missing + len(out))
-        seen = {c.id for c in out}
-        filled = list(out)
+        filled = UniqueCandidates(self.name, request)
+        for candidate in out:
+            filled.keep(candidate)
         for candidate in WyckoffPriorGenerator(timeout_s=self.timeout_s).generate(sub):
             if len(filled) >= request.num_structures:
                 break
-            if candidate.id in seen:
-                continue
-            seen.add(candidate.id)
-            filled.append(
-                Candidate.create(
-                    candidate.structure,
-                    generator=self.name,
-                    seed=request.seed,
-                    parameters={
-                        **candidate.parameters,
-                        "fallback": "wyckoff",
-                        "fallback_reason": reason,
-                    },
-                    round=request.round,
-                )
-            )
-        return filled
+            parameters = {**candidate.parameters, "fallback": "wyckoff", "fallback_reason": reason}
+            filled.add(candidate.structure, parameters)
+        return filled.items
 
 
 def _balanced(formula: str, formulas: set[str] | None) -> bool:
@@ -574,7 +560,7 @@ def place_gene(
     volume_prior: bool = True,
     min_distance_ratio: float = 0.5,
     push_steps: int = 0,
-    push_scale: float = 0.85,
+    push_scale: float = PUSH_SCALE,
 ) -> Structure | None:
     """:func:`build_from_gene`, then the ``wyckoff`` generator's volume, push and clash screen.
 
