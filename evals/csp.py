@@ -74,6 +74,7 @@ RELAX_STEPS = 100
 FMAX = 0.1
 """Force threshold of the relaxation, eV/Å."""
 METHODS = ("diffusion", "pyxtal")
+"""Methods run by default."""
 WINDOW = 0.02
 """Energy window (eV/atom) above the lowest relaxed sample for the symmetry and frequency
 selections. On 80 of the diffusion model's validation cells (k = 5, never held-out rows) no
@@ -81,7 +82,6 @@ window from 0.005 to 0.05 beat plain lowest energy (18.8 %): most symmetric 15-1
 frequent 17.5 % (docs/models/diffusion.md), so these rows are kept as a measured negative."""
 SYMPREC = 0.1
 """spglib tolerance (Å) when counting symmetry operations of a relaxed sample."""
-"""Methods run by default."""
 ANCHOR = (
     "Anchor: DiffCSP (Jiao et al., NeurIPS 2023) on the full MP-20 test set with one sample "
     "per composition reports a match rate of about 51.5 % and RMSE about 0.063 (issue 7 quotes "
@@ -348,11 +348,7 @@ def largest_cluster_near_minimum(
     out: list[Structure | None] = []
     for i in range(len(relaxed[0]) if relaxed else 0):
         near = _near_minimum(relaxed, energies, i, window)
-        everything = sorted(
-            (energies[j][i], j, s)
-            for j, draw in enumerate(relaxed)
-            if (s := draw[i]) is not None and math.isfinite(energies[j][i])
-        )
+        everything = _near_minimum(relaxed, energies, i, math.inf)
         best: tuple[int, float, int] | None = None
         for e, j, s in near:
             size = sum(1 for _, _, other in everything if _fits(matcher, s, other))

@@ -121,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|"
     )
     print("| --- | --- | --- |")
+    n = len(rows)
     for k, best, anyk in growth_table(truth, relaxed, energies):
-        n = len(rows)
         print(
             f"| {k} | {best}/{n} ({100 * best / n:.0f} %) | {anyk}/{n} ({100 * anyk / n:.0f} %) |"
         )

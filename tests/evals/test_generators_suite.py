@@ -148,13 +148,20 @@ def _fake_cell(calls: list[str], fail_after: int | None = None):
     return score
 
 
-def test_killed_run_resumes_from_the_cell_log(data_dir: Path, tmp_path: Path, monkeypatch):
-    options = SuiteOptions(
+def _killed_after_five_cells(
+    data_dir: Path, tmp_path: Path, monkeypatch, fingerprint: str, calls: list[str]
+) -> SuiteOptions:
+    """Options for 3 systems x 3 families whose scoring (a fake) dies after 5 cells."""
+    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda family=None: fingerprint)
+    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(calls, fail_after=5))
+    return SuiteOptions(
         data_dir=data_dir, out_dir=tmp_path, families=("wyckoff",), per_family=4, systems=3
     )
-    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda family=None: "tree-a")
+
+
+def test_killed_run_resumes_from_the_cell_log(data_dir: Path, tmp_path: Path, monkeypatch):
     first: list[str] = []
-    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(first, fail_after=5))
+    options = _killed_after_five_cells(data_dir, tmp_path, monkeypatch, "tree-a", first)
     with pytest.raises(RuntimeError, match="killed"):
         run(options)
     assert len(first) == 5  # 3 systems x 3 families = 9 cells; 5 were finished and logged
@@ -227,12 +234,8 @@ def test_unconditional_batches_have_no_chemical_system(data_dir: Path, monkeypat
 
 
 def test_partial_tabulates_only_finished_systems(data_dir: Path, tmp_path: Path, monkeypatch):
-    options = SuiteOptions(
-        data_dir=data_dir, out_dir=tmp_path, families=("wyckoff",), per_family=4, systems=3
-    )
-    monkeypatch.setattr(generators_suite, "code_fingerprint", lambda family=None: "tree")
     calls: list[str] = []
-    monkeypatch.setattr(generators_suite, "_score_cell", _fake_cell(calls, fail_after=5))
+    options = _killed_after_five_cells(data_dir, tmp_path, monkeypatch, "tree", calls)
     with pytest.raises(SetupError, match="no system has all"):
         run(SuiteOptions(**{**options.__dict__, "partial": True}))
     with pytest.raises(RuntimeError, match="killed"):
