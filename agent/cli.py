@@ -202,7 +202,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--tuning",
         action="store_true",
         help="eval generators: draw the systems from the training rows (systems no held-out "
-        "row has), for tuning settings without touching held-out data.",
+        "row has); eval csp: draw the rows from the diffusion model's validation split; for "
+        "tuning settings without touching held-out data.",
     )
     evaluate.add_argument(
         "--markdown", action="store_true", help="Print the table as Markdown (for the docs)."

@@ -47,7 +47,8 @@ class SuiteOptions:
     unconditional: bool = False
     """eval generators: seeded batches without a chemical system instead of held-out systems."""
     tuning: bool = False
-    """eval generators: draw systems from the training rows (none held out) for tuning."""
+    """Tuning rows instead of held-out ones: eval generators draws systems from the training
+    rows (none held out), eval csp rows from the diffusion model's validation split."""
     partial: bool = False
     """eval generators: tabulate only the finished cells of the log (systems with every family
     done), computing nothing."""

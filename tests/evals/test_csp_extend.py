@@ -25,12 +25,24 @@ def test_dump_round_trips_with_missing_samples(tmp_path: Path) -> None:
     rows = [HeldOutRow("mp-1", ROCK_SALT, ["Na", "Cl"], -2.0)]
     path = tmp_path / "dump.json.gz"
     write_samples(path, rows, [[CSCL], [None]], [[ROCK_SALT], [None]], [[-3.2], [math.nan]])
-    ids, raw, relaxed, energies = read_samples(path)
-    assert ids == ["mp-1"]
-    assert raw[1] == [None]
-    assert relaxed[0][0] == ROCK_SALT
-    assert energies[0] == [-3.2]
-    assert math.isnan(energies[1][0])
+    dump = read_samples(path)
+    assert dump.material_ids == ["mp-1"]
+    assert dump.raw[1] == [None]
+    assert dump.relaxed[0][0] == ROCK_SALT
+    assert dump.energies[0] == [-3.2]
+    assert math.isnan(dump.energies[1][0])
+    assert dump.refined is None
+    assert dump.refined_energies is None
+
+
+def test_refined_samples_round_trip(tmp_path: Path) -> None:
+    rows = [HeldOutRow("mp-1", ROCK_SALT, ["Na", "Cl"], -2.0)]
+    path = tmp_path / "dump.json.gz"
+    refined = ([[ROCK_SALT]], [[-3.3]])
+    write_samples(path, rows, [[CSCL]], [[CSCL]], [[-3.2]], refined)
+    dump = read_samples(path)
+    assert dump.refined == [[ROCK_SALT]]
+    assert dump.refined_energies == [[-3.3]]
 
 
 def test_growth_table_counts_lowest_energy_and_any_of_the_first_k() -> None:
@@ -48,6 +60,8 @@ def test_a_file_that_is_not_a_dump_is_named(tmp_path: Path) -> None:
         read_samples(bad)
     with pytest.raises(SystemExit):
         main(["--dump", str(bad), "--out", str(tmp_path / "x.gz"), "--more", "0"])
+    with pytest.raises(DataError, match="not a csp sample dump"):
+        main(["--dump", str(bad), "--out", str(tmp_path / "x.gz"), "--more", "0", "--refine"])
 
 
 def test_a_dump_of_other_rows_is_refused(data_dir: Path, tmp_path: Path) -> None:
@@ -58,3 +72,29 @@ def test_a_dump_of_other_rows_is_refused(data_dir: Path, tmp_path: Path) -> None
     args = ["--dump", str(dump), "--out", str(tmp_path / "out.gz"), "--data-dir", str(data_dir)]
     with pytest.raises(DataError, match="other rows"):
         main(args)
+
+
+def test_refine_relaxes_every_sample_again_and_adds_a_column(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("chgnet")
+    from crystalforge.evals.csp import sample_rows
+
+    (row,) = sample_rows(data_dir, 1, 0)
+    rattled = row.truth.copy()
+    rattled.perturb(0.15, min_distance=0.05)
+    dump, out = tmp_path / "dump.json.gz", tmp_path / "out.json.gz"
+    write_samples(dump, [row], [[rattled]], [[rattled]], [[0.0]])
+    args = ["--dump", str(dump), "--out", str(out), "--data-dir", str(data_dir)]
+    assert main([*args, "--more", "0", "--refine"]) == 0
+    merged = read_samples(out)
+    assert merged.refined is not None
+    assert merged.refined_energies is not None
+    refined = merged.refined[0][0]
+    assert refined is not None
+    assert math.isfinite(merged.refined_energies[0][0])
+    # The refined structure moved back towards the DFT one it was rattled from.
+    assert refined != rattled
+    table = capsys.readouterr().out
+    assert "after refinement" in table
+    assert "| 1 |" in table

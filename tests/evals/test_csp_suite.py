@@ -12,11 +12,13 @@ pytest.importorskip("chgnet")
 from crystalforge.core.errors import ConfigError
 from crystalforge.evals.base import SuiteOptions
 from crystalforge.evals.csp import (
+    HELD_OUT,
     any_of_k_metrics,
     best_by_energy,
     largest_cluster_near_minimum,
     most_symmetric_near_minimum,
     run,
+    tuning_rows,
 )
 from crystalforge.evals.registry import available_suites
 from tests.generators.test_diffusion_generator import write_tiny_checkpoint
@@ -29,7 +31,7 @@ def test_csp_suite_is_registered() -> None:
     assert "csp" in available_suites()
 
 
-def test_quick_run_gives_six_selections_per_method(data_dir: Path, tmp_path: Path) -> None:
+def test_quick_run_gives_seven_selections_per_method(data_dir: Path, tmp_path: Path) -> None:
     import gzip
     import json
 
@@ -37,18 +39,55 @@ def test_quick_run_gives_six_selections_per_method(data_dir: Path, tmp_path: Pat
     options = SuiteOptions(quick=True, data_dir=data_dir, limit=2, device="cpu", out_dir=tmp_path)
     result = run(options, checkpoint_path=checkpoint)
     assert [(r["method"], r["k"]) for r in result.rows] == [
-        (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2, 2, 2)
+        (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2, 2, 2, 2)
     ]
+    assert "after refinement" in str(result.rows[3]["selection"])
     with gzip.open(tmp_path / "csp-samples-pyxtal.json.gz", "rt") as handle:
         dumped = json.load(handle)
     assert dumped["material_ids"] == result.metadata["material_ids"]
     assert len(dumped["raw"]) == len(dumped["relaxed"]) == len(dumped["energies_ev_per_atom"]) == 2
+    assert len(dumped["refined"]) == len(dumped["refined_energies_ev_per_atom"]) == 2
     for row in result.rows:
         assert row["rows"] == 2
         assert 0 <= row["matched"] <= 2  # type: ignore[operator]
         assert row["match_rate"] == row["matched"] / 2  # type: ignore[operator]
     assert len(result.metadata["material_ids"]) == 2
     assert result.metadata["k"] == 2
+
+
+def test_tuning_needs_the_split_seed_of_the_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from crystalforge.core.errors import DataError
+
+    path = write_tiny_checkpoint(tmp_path / "tiny.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint.pop("seed")
+    torch.save(checkpoint, path)
+    with pytest.raises(DataError, match="seed of its validation split"):
+        tuning_rows(data_dir, 2, 0, str(path))
+
+
+@pytest.mark.slow
+def test_tuning_rows_come_from_the_validation_split_only(data_dir: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from crystalforge.generators.diffusion.data import load_crystals
+    from crystalforge.generators.diffusion.train import VAL_SHARE
+
+    rows = tuning_rows(data_dir, 12, 3)
+    assert [r.material_id for r in rows] == [r.material_id for r in tuning_rows(data_dir, 12, 3)]
+    held_out = set(pd.read_csv(data_dir / HELD_OUT, usecols=["material_id"]).material_id)
+    _, ids = load_crystals(data_dir)
+    order = np.random.default_rng(0).permutation(len(ids))  # the shipped checkpoint's seed
+    n_val = round(VAL_SHARE * len(ids))
+    validation, training = {ids[i] for i in order[:n_val]}, {ids[i] for i in order[n_val:]}
+    assert len(rows) == 12
+    for row in rows:
+        assert row.material_id in validation
+        assert row.material_id not in training
+        assert row.material_id not in held_out
 
 
 def test_unknown_method_is_a_config_error(data_dir: Path) -> None:
