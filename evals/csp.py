@@ -83,7 +83,9 @@ FMAX = 0.1
 """Force threshold of the relaxation, eV/Å."""
 REFINE_STEPS = 500
 """Most FIRE steps of the second relaxation, from the first one's end (20 with ``--quick``).
-Measured on 59 samples of 100-step relaxations: median 19 more steps, 95 % converged by 400."""
+Measured on 59 samples of 100-step relaxations: median 19 more steps, 95 % converged by 400.
+The refined ranking did not beat the plain one on 80 validation rows (15 vs 15 matched) nor
+on the held-out rows (k = 5: 21 vs 25 of 100; docs/models/diffusion.md): a measured negative."""
 REFINE_FMAX = 0.05
 """Force threshold of the second relaxation, eV/Å."""
 METHODS = ("diffusion", "pyxtal")
