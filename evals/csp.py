@@ -38,6 +38,7 @@ same atom count, :class:`~crystalforge.generators.symmetry.PyXtalGenerator`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -224,19 +225,30 @@ def tuning_rows(
     Raises:
         DataError: The checkpoint lacks its split seed, or the data cannot be read.
     """
-    from crystalforge.generators.diffusion.data import load_crystals, training_frame
+    from crystalforge.generators.diffusion.data import training_frame
     from crystalforge.generators.diffusion.generator import DEFAULT_CHECKPOINT, load_model
-    from crystalforge.generators.diffusion.train import VAL_SHARE
 
     path = str(checkpoint_path or DEFAULT_CHECKPOINT)
     split_seed = load_model(path, "cpu").info.get("seed")
     if not isinstance(split_seed, int):
         raise DataError(f"checkpoint {path!r} does not record the seed of its validation split")
-    _, ids = load_crystals(data_dir)
-    order = np.random.default_rng(split_seed).permutation(len(ids))
-    validation = {ids[i] for i in order[: max(1, round(VAL_SHARE * len(order)))]}
+    validation = _validation_ids(data_dir, split_seed)
     frame, _ = training_frame(data_dir)
     return _draw_rows(frame[frame.material_id.isin(validation)].reset_index(drop=True), n, seed)
+
+
+@functools.cache
+def _validation_ids(data_dir: Path, split_seed: int) -> frozenset[str]:
+    """Ids of the validation split ``train.py`` makes with ``split_seed``.
+
+    Parses every training row, about a minute, so once per process.
+    """
+    from crystalforge.generators.diffusion.data import load_crystals
+    from crystalforge.generators.diffusion.train import VAL_SHARE
+
+    _, ids = load_crystals(data_dir)
+    order = np.random.default_rng(split_seed).permutation(len(ids))
+    return frozenset(ids[i] for i in order[: max(1, round(VAL_SHARE * len(order)))])
 
 
 def _draw_rows(frame: Any, n: int, seed: int) -> list[HeldOutRow]:
