@@ -229,10 +229,17 @@ def tuning_rows(
     from crystalforge.generators.diffusion.generator import DEFAULT_CHECKPOINT, load_model
 
     path = str(checkpoint_path or DEFAULT_CHECKPOINT)
-    split_seed = load_model(path, "cpu").info.get("seed")
+    info = load_model(path, "cpu").info
+    split_seed = info.get("seed")
     if not isinstance(split_seed, int):
         raise DataError(f"checkpoint {path!r} does not record the seed of its validation split")
     validation = _validation_ids(data_dir, split_seed)
+    if info.get("val_rows") not in (None, len(validation)):
+        raise DataError(
+            f"checkpoint {path!r} was validated on {info['val_rows']} rows, but the training rows "
+            f"of {str(data_dir)!r} give a split of {len(validation)}: it was trained on a subset "
+            "(--limit) or on other data, so its validation split cannot be recomputed"
+        )
     frame, _ = training_frame(data_dir)
     return _draw_rows(frame[frame.material_id.isin(validation)].reset_index(drop=True), n, seed)
 
@@ -244,11 +251,11 @@ def _validation_ids(data_dir: Path, split_seed: int) -> frozenset[str]:
     Parses every training row, about a minute, so once per process.
     """
     from crystalforge.generators.diffusion.data import load_crystals
-    from crystalforge.generators.diffusion.train import VAL_SHARE
+    from crystalforge.generators.diffusion.train import split_indices
 
     _, ids = load_crystals(data_dir)
-    order = np.random.default_rng(split_seed).permutation(len(ids))
-    return frozenset(ids[i] for i in order[: max(1, round(VAL_SHARE * len(order)))])
+    validation, _ = split_indices(len(ids), np.random.default_rng(split_seed))
+    return frozenset(ids[i] for i in validation)
 
 
 def _draw_rows(frame: Any, n: int, seed: int) -> list[HeldOutRow]:

@@ -66,6 +66,13 @@ class SampleDump:
     refined: Draws | None = None
     refined_energies: list[list[float]] | None = None
 
+    @property
+    def refinement(self) -> tuple[Draws, list[list[float]]] | None:
+        """Refined samples and their energies, or ``None`` when the dump has none."""
+        if self.refined is None or self.refined_energies is None:
+            return None
+        return self.refined, self.refined_energies
+
 
 def read_samples(path: Path) -> SampleDump:
     """Read a dump written by :func:`crystalforge.evals.csp.write_samples`.
@@ -154,11 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         dump.refined = (dump.refined or []) + more
         dump.refined_energies = (dump.refined_energies or []) + more_energies
-    refined = None
-    if dump.refined is not None and dump.refined_energies is not None:
-        refined = (dump.refined, dump.refined_energies)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_samples(args.out, rows, dump.raw, dump.relaxed, dump.energies, refined)
+    write_samples(args.out, rows, dump.raw, dump.relaxed, dump.energies, dump.refinement)
     print_growth(rows, dump, old, args)
     return 0
 
@@ -175,8 +179,8 @@ def print_growth(rows: Sequence[Any], dump: SampleDump, old: int, args: argparse
 
     columns = ["k", "lowest CHGNet energy of the first k (match@1)"]
     refined = None
-    if dump.refined is not None and dump.refined_energies is not None:
-        refined = growth_table(truth, dump.refined, dump.refined_energies)
+    if dump.refinement is not None:
+        refined = growth_table(truth, *dump.refinement)
         columns.append("the same after refinement (match@1)")
     columns.append("any of the first k relaxed (oracle)")
     if refined is not None:

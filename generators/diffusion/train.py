@@ -93,6 +93,22 @@ def collate(
     return out
 
 
+def split_indices(
+    count: int, rng: np.random.Generator, limit: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices of ``count`` crystals.
+
+    A permutation drawn from ``rng`` (which advances), cut to ``limit`` when set; its first
+    :data:`VAL_SHARE` (at least one) validates. ``eval csp --tuning`` recomputes a checkpoint's
+    split with this function, so training must keep using it.
+    """
+    perm = rng.permutation(count)
+    if limit:
+        perm = perm[:limit]
+    n_val = max(1, round(VAL_SHARE * len(perm)))
+    return perm[:n_val], perm[n_val:]
+
+
 def lattice_stats(crystals: Sequence[Crystal]) -> LatticeStats:
     """Mean and std of the 6-d lattice representation over ``crystals``."""
     params = torch.from_numpy(np.stack([c.lattice for c in crystals]).astype(np.float32))
@@ -183,12 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     crystals, ids = load_crystals(args.data_dir, args.cache)
     rng = np.random.default_rng(args.seed)
-    perm = rng.permutation(len(crystals))
-    if args.limit:
-        perm = perm[: args.limit]
-    n_val = max(1, round(VAL_SHARE * len(perm)))
-    val = [crystals[i] for i in perm[:n_val]]
-    train = [crystals[i] for i in perm[n_val:]]
+    val_idx, train_idx = split_indices(len(crystals), rng, args.limit)
+    val = [crystals[i] for i in val_idx]
+    train = [crystals[i] for i in train_idx]
     stats = lattice_stats(train)
     energies = np.array([c.energy for c in train])
     energy = (float(np.nanmean(energies)), float(np.nanstd(energies)))
@@ -290,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "device": str(device),
             "total_minutes": round((time.monotonic() - start) / 60, 2),
-            "validation_ids_sample": [ids[i] for i in perm[:5]],
+            "validation_ids_sample": [ids[i] for i in np.concatenate((val_idx, train_idx))[:5]],
             "init": None if args.init is None else {"path": str(args.init), "record": init_record},
         }
         # Written every epoch so an interrupted run keeps its curve.

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("chgnet")
 
-from crystalforge.core.errors import ConfigError
+from crystalforge.core.errors import ConfigError, DataError
 from crystalforge.evals.base import SuiteOptions
 from crystalforge.evals.csp import (
     HELD_OUT,
@@ -58,8 +58,6 @@ def test_quick_run_gives_seven_selections_per_method(data_dir: Path, tmp_path: P
 def test_tuning_needs_the_split_seed_of_the_checkpoint(data_dir: Path, tmp_path: Path) -> None:
     import torch
 
-    from crystalforge.core.errors import DataError
-
     path = write_tiny_checkpoint(tmp_path / "tiny.pt")
     checkpoint = torch.load(path, weights_only=True)
     checkpoint.pop("seed")
@@ -69,7 +67,7 @@ def test_tuning_needs_the_split_seed_of_the_checkpoint(data_dir: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_tuning_rows_come_from_the_validation_split_only(data_dir: Path) -> None:
+def test_tuning_rows_come_from_the_validation_split_only(data_dir: Path, tmp_path: Path) -> None:
     import numpy as np
     import pandas as pd
 
@@ -90,6 +88,15 @@ def test_tuning_rows_come_from_the_validation_split_only(data_dir: Path) -> None
         assert row.material_id in validation
         assert row.material_id not in training
         assert row.material_id not in held_out
+    # A checkpoint whose validation part has another size was trained on other rows.
+    import torch
+
+    subset = write_tiny_checkpoint(tmp_path / "subset.pt")
+    checkpoint = torch.load(subset, weights_only=True)
+    checkpoint["val_rows"] = 3
+    torch.save(checkpoint, subset)
+    with pytest.raises(DataError, match="validated on 3 rows"):
+        tuning_rows(data_dir, 2, 0, str(subset))
 
 
 def test_unknown_method_is_a_config_error(data_dir: Path) -> None:
