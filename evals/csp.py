@@ -30,10 +30,15 @@ composition with the true atom count and predicts ``k`` structures. Rows per met
 (:func:`tuning_rows`: rows training never fitted, none held out), for choosing settings without
 touching the held-out rows.
 
-Methods: ``diffusion`` (:mod:`crystalforge.generators.diffusion`, the committed checkpoint) and
-the non-learned baseline ``pyxtal`` (random symmetric structures of the composition with the
-same atom count, :class:`~crystalforge.generators.symmetry.PyXtalGenerator`).
-``--families diffusion`` (or ``pyxtal``) runs one of them.
+Methods: ``diffusion`` (:mod:`crystalforge.generators.diffusion`, the committed checkpoint,
+sampled from pure noise); the non-learned baseline ``pyxtal`` (random symmetric structures of
+the composition with the same atom count,
+:class:`~crystalforge.generators.symmetry.PyXtalGenerator`); ``template`` (the ``k`` nearest
+distinct templates of the diffusion model's training split, renamed onto the row's elements and
+volume-scaled, no model: :mod:`crystalforge.generators.diffusion.templates`); and
+``diffusion-template``, the diffusion generator's CSP path: those templates denoised by the
+model from a partly noised start, free samples filling the slots of rows with fewer than ``k``
+templates. ``--families`` runs a subset, e.g. ``--families diffusion,template``.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ The refined ranking did not beat the plain one on 80 validation rows (15 vs 15 m
 on the held-out rows (k = 5: 21 vs 25 of 100; docs/models/diffusion.md): a measured negative."""
 REFINE_FMAX = 0.05
 """Force threshold of the second relaxation, eV/Å."""
-METHODS = ("diffusion", "pyxtal")
+METHODS = ("diffusion", "pyxtal", "template", "diffusion-template")
 """Methods run by default."""
 WINDOW = 0.02
 """Energy window (eV/atom) above the lowest relaxed sample for the symmetry and frequency
@@ -306,6 +311,70 @@ def diffusion_samples(
     return out
 
 
+def template_samples(
+    rows: Sequence[HeldOutRow],
+    k: int,
+    seed: int,
+    device: str,
+    checkpoint_path: str | None,
+    data_dir: Path,
+    *,
+    denoise: bool,
+) -> list[list[Structure | None]]:
+    """``k`` samples per row from its nearest training templates (``[j][i]``).
+
+    The library is the diffusion checkpoint's own training split
+    (:func:`~crystalforge.generators.diffusion.templates.training_library`), so neither a
+    held-out row nor a validation row retrieves itself. ``denoise=False``: the renamed,
+    volume-scaled templates as they are (no model; ``None`` where a row has fewer than ``k``
+    distinct templates). ``denoise=True``: the generator's CSP path: each template denoised by
+    the model from step :data:`~crystalforge.generators.diffusion.generator.TEMPLATE_STEP`,
+    and the slots without a template filled with free diffusion samples.
+    """
+    from crystalforge.generators.diffusion.generator import (
+        DEFAULT_CHECKPOINT,
+        TEMPLATE_STEP,
+        load_model,
+        sample_structures,
+    )
+    from crystalforge.generators.diffusion.templates import training_library
+
+    loaded = load_model(str(checkpoint_path or DEFAULT_CHECKPOINT), device)
+    split_seed, val_rows = loaded.info.get("seed"), loaded.info.get("val_rows")
+    if not isinstance(split_seed, int):
+        raise DataError("the diffusion checkpoint does not record the seed of its split")
+    library = training_library(
+        data_dir.resolve(), split_seed, val_rows if isinstance(val_rows, int) else None
+    )
+    found = [library.nearest(row.species, k) for row in rows]
+    out: list[list[Structure | None]] = [
+        [ts[j].structure if j < len(ts) else None for ts in found] for j in range(k)
+    ]
+    if not denoise:
+        return out
+    slots = [(j, i) for i, ts in enumerate(found) for j in range(len(ts))]
+    starts = [found[i][j] for j, i in slots]
+    for (j, i), structure in zip(
+        slots,
+        sample_structures(
+            loaded,
+            [t.species for t in starts],
+            seed=seed,
+            templates=[t.structure for t in starts],
+            template_step=TEMPLATE_STEP,
+        ),
+        strict=True,
+    ):
+        out[j][i] = structure
+    # Rows with fewer than k distinct templates: free samples fill the other slots.
+    short = [i for i, ts in enumerate(found) if len(ts) < k]
+    free = diffusion_samples([rows[i] for i in short], k, seed + 1, device, checkpoint_path)
+    for slot, i in enumerate(short):
+        for j in range(len(found[i]), k):
+            out[j][i] = free[j][slot]
+    return out
+
+
 def pyxtal_samples(rows: Sequence[HeldOutRow], k: int, seed: int) -> list[list[Structure | None]]:
     """``k`` PyXtal random symmetric structures per row with its composition and atom count."""
     from crystalforge.core.errors import GenerationFailed
@@ -503,6 +572,7 @@ def run(options: SuiteOptions, *, checkpoint_path: str | None = None) -> SuiteRe
     """
     if options.data_dir is None:
         raise DataError("csp needs the offline reference data (--data-dir)")
+    data_dir = options.data_dir
     methods = options.families or METHODS
     if unknown := sorted(set(methods) - set(METHODS)):
         raise ConfigError(f"csp methods must be among {list(METHODS)!r}, got {unknown!r}")
@@ -524,6 +594,12 @@ def run(options: SuiteOptions, *, checkpoint_path: str | None = None) -> SuiteRe
             rows, k, options.seed, options.device, checkpoint_path
         ),
         "pyxtal": lambda: pyxtal_samples(rows, k, options.seed),
+        "template": lambda: template_samples(
+            rows, k, options.seed, options.device, checkpoint_path, data_dir, denoise=False
+        ),
+        "diffusion-template": lambda: template_samples(
+            rows, k, options.seed, options.device, checkpoint_path, data_dir, denoise=True
+        ),
     }
     table: list[dict[str, Scalar]] = []
     timings: dict[str, float] = {}

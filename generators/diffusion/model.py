@@ -335,6 +335,8 @@ def sample(
     corrector_step: float = 0.4,
     steps: int = 250,
     progress: Callable[[int], None] | None = None,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start_step: int = NUM_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reverse diffusion for fixed atom types (crystal structure prediction).
 
@@ -355,6 +357,11 @@ def sample(
         steps: Reverse steps, evenly spaced over the :data:`NUM_STEPS` training steps
             (respaced DDPM for the lattice, larger predictor jumps for coordinates).
         progress: Called with the step index, for logging.
+        start: ``(lattice_rep (B, 6) standardized, frac (B, N, 3))`` of cells to start from
+            (templates): they are noised to ``start_step`` by the forward process and
+            denoised from there (SDEdit); ``None`` starts from pure noise at ``NUM_STEPS``.
+        start_step: The step the reverse process starts at (with ``start``); the steps taken
+            are ``steps`` scaled by ``start_step / NUM_STEPS`` (at least one).
 
     Returns:
         ``(lattice_rep (B, 6) standardized, frac (B, N, 3) in [0, 1))``.
@@ -363,8 +370,22 @@ def sample(
     b, n = numbers.shape
     abars = schedules.alpha_bars.to(dev)
     sig = schedules.sigmas.to(dev)
-    lat = torch.randn((b, 6), device=dev, generator=generator)
-    frac = torch.rand((b, n, 3), device=dev, generator=generator)
+    if not 1 <= steps <= NUM_STEPS:
+        raise ValueError(f"steps must be in 1..{NUM_STEPS}, got {steps!r}")
+    if not 1 <= start_step <= NUM_STEPS:
+        raise ValueError(f"start_step must be in 1..{NUM_STEPS}, got {start_step!r}")
+    if start is None:
+        start_step = NUM_STEPS
+        lat = torch.randn((b, 6), device=dev, generator=generator)
+        frac = torch.rand((b, n, 3), device=dev, generator=generator)
+    else:
+        lat0, frac0 = (x.to(dev) for x in start)
+        a0 = abars[start_step]
+        noise = torch.randn((b, 6), device=dev, generator=generator)
+        lat = torch.sqrt(a0) * lat0 + torch.sqrt(1 - a0) * noise
+        noise = torch.randn((b, n, 3), device=dev, generator=generator)
+        frac = torch.remainder(frac0 + sig[start_step] * noise, 1.0)
+        steps = max(1, round(steps * start_step / NUM_STEPS))
 
     def predict(
         frac_: torch.Tensor, lat_: torch.Tensor, tt: torch.Tensor
@@ -377,9 +398,7 @@ def sample(
         lu, fu = model(numbers, frac_, lat_, mask, tt, None)
         return (1 + guidance) * lc - guidance * lu, (1 + guidance) * fc - guidance * fu
 
-    if not 1 <= steps <= NUM_STEPS:
-        raise ValueError(f"steps must be in 1..{NUM_STEPS}, got {steps!r}")
-    grid = torch.linspace(NUM_STEPS, 0, steps + 1).round().long().tolist()
+    grid = torch.linspace(start_step, 0, steps + 1).round().long().tolist()
     for step, prev in itertools.pairwise(grid):
         if progress is not None:
             progress(step)

@@ -18,6 +18,7 @@ from crystalforge.evals.csp import (
     largest_cluster_near_minimum,
     most_symmetric_near_minimum,
     run,
+    sample_rows,
     tuning_rows,
 )
 from crystalforge.evals.registry import available_suites
@@ -36,7 +37,14 @@ def test_quick_run_gives_seven_selections_per_method(data_dir: Path, tmp_path: P
     import json
 
     checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
-    options = SuiteOptions(quick=True, data_dir=data_dir, limit=2, device="cpu", out_dir=tmp_path)
+    options = SuiteOptions(
+        quick=True,
+        data_dir=data_dir,
+        limit=2,
+        device="cpu",
+        out_dir=tmp_path,
+        families=("diffusion", "pyxtal"),
+    )
     result = run(options, checkpoint_path=checkpoint)
     assert [(r["method"], r["k"]) for r in result.rows] == [
         (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2, 2, 2, 2)
@@ -53,6 +61,43 @@ def test_quick_run_gives_seven_selections_per_method(data_dir: Path, tmp_path: P
         assert row["match_rate"] == row["matched"] / 2  # type: ignore[operator]
     assert len(result.metadata["material_ids"]) == 2
     assert result.metadata["k"] == 2
+
+
+def test_template_methods_predict_each_row_from_training_templates(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Both template methods on real rows: the renamed templates keep each row's atoms."""
+    import gzip
+    import json
+
+    from pymatgen.core import Structure
+
+    checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
+    options = SuiteOptions(
+        quick=True,
+        data_dir=data_dir,
+        limit=2,
+        device="cpu",
+        out_dir=tmp_path,
+        families=("template", "diffusion-template"),
+    )
+    result = run(options, checkpoint_path=checkpoint)
+    assert [r["method"] for r in result.rows] == ["template"] * 7 + ["diffusion-template"] * 7
+    rows = sample_rows(data_dir, 2, 0)
+    for method in ("template", "diffusion-template"):
+        with gzip.open(tmp_path / f"csp-samples-{method}.json.gz", "rt") as handle:
+            raw = json.load(handle)["raw"]
+        for draw in raw:
+            for row, sample in zip(rows, draw, strict=True):
+                if sample is not None:
+                    atoms = Structure.from_dict(sample).composition
+                    assert atoms == row.truth.composition
+    # diffusion-template fills every slot (templates first, free samples after).
+    assert all(
+        r["no_structure"] == 0
+        for r in result.rows
+        if r["method"] == "diffusion-template" and r["k"] == 1
+    )
 
 
 def test_tuning_needs_the_split_seed_of_the_checkpoint(data_dir: Path, tmp_path: Path) -> None:
