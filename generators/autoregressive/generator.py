@@ -58,11 +58,13 @@ if TYPE_CHECKING:
     from crystalforge.core.candidate import Candidate, Scalar
     from crystalforge.generators.autoregressive.model import WyckoffTransformer
     from crystalforge.generators.base import Family, GenerationRequest
+    from crystalforge.generators.symmetry import Cell, CellPool
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "data" / "wyckoff_transformer.pt"
 Fallback = Literal["wyckoff", "none"]
+CompositionSource = Literal["prior", "model"]
 _BATCH = 64  # sequences sampled per forward batch
 
 
@@ -123,6 +125,14 @@ class _State:
     atoms: int = 0  # conventional cell
     done: bool = False
     dead: bool = False
+    target: dict[str, int] | None = None
+    """Atoms per element of the primitive cell to write exactly (``composition="prior"``)."""
+
+    def left(self, element: str) -> int:
+        """Conventional-cell atoms of ``element`` still to place (``target`` set, group drawn)."""
+        assert self.target is not None
+        placed = sum(multiplicity(w) for e, w in self.sites if e == element and w)
+        return self.target.get(element, 0) * centering_multiplicity(self.space_group) - placed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +168,14 @@ class AutoregressiveGenerator:
     """Contact distance of the push relative to the sum of covalent radii."""
     charge_balanced: bool = True
     """Keep only compositions that the request's composition enumeration admits."""
+    composition: CompositionSource = "prior"
+    """Where a sequence's composition comes from when the request names elements:
+    ``"prior"`` draws (composition, cell size) as the ``wyckoff`` generator does (its learned
+    anonymous-formula and size weights over the request's charge-balanced compositions) and the
+    model writes the space group and (element, Wyckoff) tokens for exactly those atoms, as
+    CrystalFormer conditions on composition; ``"model"`` lets the model choose the elements and
+    their counts too and keeps the sequences whose formula is charge-balanced. Unconditional
+    requests always use ``"model"``."""
     min_space_group_support: int = 3
     """Training rows a requested space group needs to be sampled by the model."""
     fallback: Fallback = "wyckoff"
@@ -177,6 +195,8 @@ class AutoregressiveGenerator:
             )
         if self.pyxtal_attempts < 1:
             raise ConfigError(f"pyxtal_attempts must be >= 1, got {self.pyxtal_attempts!r}")
+        if self.composition not in ("prior", "model"):
+            raise ConfigError(f"composition must be 'prior' or 'model', got {self.composition!r}")
         if self.fallback not in ("wyckoff", "none"):
             raise ConfigError(f"fallback must be 'wyckoff' or 'none', got {self.fallback!r}")
         if not (self.volume_factor > 0 and math.isfinite(self.volume_factor)):
@@ -287,13 +307,16 @@ class AutoregressiveGenerator:
         allowed_groups = groups or tuple(
             sg for sg, n in sorted(loaded.space_group_counts.items()) if n > 0
         )
+        cells = self._cells(request, pool) if formulas is not None else None
+        rng = np.random.default_rng(request.seed)
         while len(out) < request.num_structures and sampled < budget:
             if time.monotonic() > deadline:
                 logger.warning("autoregressive: %g s time budget ran out", self.timeout_s)
                 break
             size = min(_BATCH, budget - sampled)
+            targets = None if cells is None else [_counts(cells.draw(rng)) for _ in range(size)]
             genes = self._sample_batch(
-                loaded, generator, size, pool, required, allowed_groups, request
+                loaded, generator, size, pool, required, allowed_groups, request, targets
             )
             sampled += size
             for gene in genes:
@@ -325,6 +348,7 @@ class AutoregressiveGenerator:
                     "space_group": gene.space_group,
                     "formula": formula,
                     "temperature": self.temperature,
+                    "composition": "model" if cells is None else "prior",
                     "pyxtal_seed": seed,
                     "volume_factor": self.volume_factor,
                     "volume_prior": self.volume_prior,
@@ -348,15 +372,19 @@ class AutoregressiveGenerator:
         required: set[str],
         groups: tuple[int, ...],
         request: GenerationRequest,
+        targets: list[dict[str, int]] | None = None,
     ) -> list[WyckoffGene | None]:
-        """``size`` sequences with masked sampling; ``None`` for a dead end."""
+        """``size`` sequences with masked sampling; ``None`` for a dead end.
+
+        ``targets``: atoms per element of each sequence's primitive cell, written exactly.
+        """
         import torch
 
         vocab = loaded.vocab
         model = loaded.model
         max_len = model.config.max_len
         ids = torch.full((size, 1), vocab.bos, dtype=torch.long)
-        states = [_State() for _ in range(size)]
+        states = [_State(target=None if targets is None else targets[i]) for i in range(size)]
         pool_ids = sorted(vocab.index[e] for e in pool)
         group_ids = [vocab.index[f"SG{g}"] for g in groups]
         with torch.no_grad():
@@ -369,7 +397,12 @@ class AutoregressiveGenerator:
                     if state.done or state.dead:
                         mask[row, vocab.pad] = 0.0
                         continue
-                    allowed = _allowed(vocab, state, step, pool_ids, group_ids, required, request)
+                    if state.target is None:
+                        allowed = _allowed(
+                            vocab, state, step, pool_ids, group_ids, required, request
+                        )
+                    else:
+                        allowed = _allowed_exact(vocab, state, step, group_ids)
                     if not allowed:
                         state.dead = True
                         mask[row, vocab.pad] = 0.0
@@ -385,6 +418,21 @@ class AutoregressiveGenerator:
             None if s.dead or not s.done else WyckoffGene(s.space_group, tuple(s.sites))
             for s in states
         ]
+
+    def _cells(self, request: GenerationRequest, pool: set[str]) -> CellPool | None:
+        """The ``wyckoff`` generator's weighted (composition, size) cells over ``pool``.
+
+        ``None`` with ``composition="model"`` or when no cell uses only trained elements.
+        """
+        if self.composition == "model":
+            return None
+        from crystalforge.generators.symmetry import CellPool
+        from crystalforge.generators.wyckoff import WyckoffPriorGenerator
+
+        wyckoff = WyckoffPriorGenerator()
+        every = wyckoff._pool(request, wyckoff.priors).cells  # pyright: ignore[reportPrivateUsage]
+        cells = [c for c in every if set(c.choice.elements) <= pool]
+        return CellPool.of(cells) if cells else None
 
     # -- fallback --------------------------------------------------------------------------
 
@@ -515,6 +563,81 @@ def _allowed(
         if label in vocab.index:
             out.append(vocab.index[label])
     return out
+
+
+def _allowed_exact(vocab: Vocabulary, state: _State, step: int, group_ids: list[int]) -> list[int]:
+    """Token ids allowed next when ``state.target`` fixes the atoms (empty: dead end).
+
+    The group must be able to hold every element's count on its Wyckoff positions; elements
+    come in canonical (atomic-number) order, each until its count is met; a site's
+    multiplicity must fit the element's remaining count and leave a remainder the group can
+    still fill.
+    """
+    assert state.target is not None
+    target = state.target
+    if step == 1:
+        return [
+            i
+            for i in group_ids
+            if all(
+                _fillable(g := int(vocab.tokens[i][2:]), n * centering_multiplicity(g))
+                for n in target.values()
+            )
+        ]
+    if step % 2 == 0:  # element (or end)
+        if state.sites and state.left(state.sites[-1][0]) > 0:
+            current = state.sites[-1][0]
+            return [vocab.index[current]] if len(state.sites) < MAX_SITES else []
+        started = {e for e, _ in state.sites}
+        todo = sorted((e for e in target if e not in started), key=_z)
+        if not todo:
+            return [vocab.eos]
+        return [vocab.index[todo[0]]] if len(state.sites) < MAX_SITES else []
+    element = state.sites[-1][0]
+    left = state.left(element)
+    same = [w for e, w in state.sites[:-1] if e == element]
+    used_fixed = {w for _, w in state.sites if _fixed(state.space_group, w)}
+    last_key = (multiplicity(same[-1]), same[-1][-1]) if same else (0, "")
+    out = []
+    for label, fixed in _wyckoff_table(state.space_group):
+        m = multiplicity(label)
+        if m > left or (fixed and label in used_fixed) or (m, label[-1]) < last_key:
+            continue
+        if left - m and not _fillable(state.space_group, left - m):
+            continue
+        if label in vocab.index:
+            out.append(vocab.index[label])
+    return out
+
+
+def _counts(cell: Cell) -> dict[str, int]:
+    """Atoms per element of a cell's primitive cell."""
+    symbols, counts = cell.choice.species_and_counts(cell.z)
+    return dict(zip(symbols, counts, strict=True))
+
+
+@functools.cache
+def _fillable(space_group: int, atoms: int) -> bool:
+    """Whether ``atoms`` (conventional cell) is a sum of the group's Wyckoff multiplicities.
+
+    Positions with free parameters may repeat, fixed ones count once (a necessary condition:
+    positions other elements use are not subtracted).
+    """
+    reachable = {0}
+    for label, fixed in _wyckoff_table(space_group):
+        m = multiplicity(label)
+        if fixed:
+            reachable |= {r + m for r in reachable if r + m <= atoms}
+    free = [multiplicity(label) for label, fixed in _wyckoff_table(space_group) if not fixed]
+    grow = sorted(reachable)
+    seen = set(grow)
+    while grow:
+        r = grow.pop()
+        for m in free:
+            if r + m <= atoms and r + m not in seen:
+                seen.add(r + m)
+                grow.append(r + m)
+    return atoms in seen
 
 
 def _advance(vocab: Vocabulary, state: _State, token: int, step: int) -> None:

@@ -156,3 +156,41 @@ def test_time_budget_is_checked_between_placements() -> None:
     request = GenerationRequest(num_structures=3, seed=0, chemical_system=("Li", "Mn", "O"))
     with pytest.raises(GenerationFailed, match="produced no structure"):
         AutoregressiveGenerator(timeout_s=1e-6, fallback="none").generate(request)
+
+
+def test_fillable_counts_wyckoff_multiplicities() -> None:
+    from crystalforge.generators.autoregressive.generator import _fillable
+
+    # Fm-3m: fixed 4a, 4b, 8c, 24d; free 24e, 32f, 48g, ...
+    assert [n for n in range(1, 13) if _fillable(225, n)] == [4, 8, 12]
+    assert all(_fillable(1, n) for n in range(1, 9))  # P1: 1a repeats
+
+
+def test_composition_prior_writes_exactly_the_drawn_atoms() -> None:
+    from crystalforge.generators.autoregressive.tokenizer import WyckoffGene
+    from crystalforge.generators.symmetry import centering_multiplicity
+    from crystalforge.generators.wyckoff import WyckoffPriorGenerator
+
+    request = GenerationRequest(
+        num_structures=6, seed=1, chemical_system=("Br", "Cl", "K"), max_atoms=12
+    )
+    wyckoff = WyckoffPriorGenerator()
+    allowed = {
+        c.choice.formula
+        for c in wyckoff._pool(request, wyckoff.priors).cells  # pyright: ignore[reportPrivateUsage]
+    }
+    out = AutoregressiveGenerator(fallback="none").generate(request)
+    assert len(out) == 6
+    for candidate in out:
+        assert candidate.parameters["composition"] == "prior"
+        assert candidate.structure.composition.reduced_formula in allowed
+        group, *sites = str(candidate.parameters["wyckoff_gene"]).split()
+        gene = WyckoffGene(int(group), tuple(tuple(x.split(":")) for x in sites))  # type: ignore[misc]
+        centering = centering_multiplicity(gene.space_group)
+        primitive = {e: n // centering for e, n in gene.conventional_counts().items()}
+        composition = candidate.structure.composition
+        assert primitive == {el.symbol: int(n) for el, n in composition.items()}
+    free = AutoregressiveGenerator(composition="model", fallback="none").generate(request)
+    assert {c.parameters["composition"] for c in free} == {"model"}
+    with pytest.raises(ConfigError, match="composition must be 'prior' or 'model'"):
+        AutoregressiveGenerator(composition="exact")  # type: ignore[arg-type]
