@@ -180,7 +180,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--families",
         help="Comma-separated generator names (eval generators; default: all); a name may "
-        "carry settings for an ablation, e.g. 'wyckoff,wyckoff[push_steps=0;volume_factor=1.1]'.",
+        "carry settings for an ablation, e.g. 'wyckoff,wyckoff[push_steps=0;volume_factor=1.1]'. "
+        "eval csp: methods among diffusion, pyxtal, template, diffusion-template (default: all).",
     )
     evaluate.add_argument(
         "--per-family", type=int, help="Structures per family and system (eval generators)."

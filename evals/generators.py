@@ -84,6 +84,7 @@ COLUMNS = (
     "S.U.N. / pyxtal-uniform",
     "samples/s",
     "relax s/structure",
+    "fallback (S.U.N.)",
 )
 
 
@@ -102,12 +103,20 @@ class _Counts:
     relax_s: float = 0.0
     relaxed: int = 0
     failed_stages: dict[str, int] = field(default_factory=dict)
+    fallback: int | None = None
+    """Structures the family's fallback generator made (``parameters["fallback"]``, e.g. the
+    autoregressive model's time budget ran out); ``None``: not recorded (cells logged before
+    2026-12-07)."""
+    fallback_sun: int | None = None
+    """S.U.N. structures among those (``None``: not recorded)."""
 
 
 @dataclass(kw_only=True)
 class _Tally(_Counts):
     """One family's counts over all systems."""
 
+    fallback: int | None = 0
+    fallback_sun: int | None = 0
     failed_requests: int = 0
     failure_reasons: dict[str, int] = field(default_factory=dict)
     """Why whole requests failed (first 200 characters of the error) -> how often."""
@@ -125,6 +134,9 @@ class _Tally(_Counts):
             setattr(self, name, getattr(self, name) + getattr(cell, name))
         for stage, count in cell.failed_stages.items():
             self.failed_stages[stage] = self.failed_stages.get(stage, 0) + count
+        for name in ("fallback", "fallback_sun"):
+            mine, theirs = getattr(self, name), getattr(cell, name)
+            setattr(self, name, None if mine is None or theirs is None else mine + theirs)
         self.per_system.append((cell.generated, cell.sun))
 
 
@@ -620,6 +632,7 @@ def _score_cell(family: str, system: tuple[str, ...], spec: _CellSpec) -> _Cell:
 
 def _score(tally: _Counts, candidates: list[Candidate], results: list[Any], smact: Any) -> None:
     by_id = {c.id: c for c in candidates}
+    fallback = fallback_sun = 0
     smact_ok = {v.candidate_id for v in smact.validate(candidates) if v.passed}
     for result in results:
         tally.generated += 1
@@ -641,10 +654,15 @@ def _score(tally: _Counts, candidates: list[Candidate], results: list[Any], smac
         metastable = isinstance(e_hull, int | float) and e_hull <= 0.1
         tally.metastable += metastable
         tally.sun += metastable and unique and novel
+        if "fallback" in result.candidate.parameters:
+            fallback += 1
+            fallback_sun += metastable and unique and novel
         seconds = props.get("relax_seconds")
         if isinstance(seconds, int | float):
             tally.relax_s += float(seconds)
             tally.relaxed += 1
+    tally.fallback = (tally.fallback or 0) + fallback
+    tally.fallback_sun = (tally.fallback_sun or 0) + fallback_sun
 
 
 def _relative(t: _Tally, baseline: _Tally | None, seed: int) -> str:
@@ -679,6 +697,7 @@ def _row(family: str, t: _Tally, baselines: dict[str, _Tally | None], seed: int)
         **{f"S.U.N. / {name}": _relative(t, b, seed) for name, b in baselines.items()},
         "samples/s": round(t.generated / t.generation_s, 2) if t.generation_s else None,
         "relax s/structure": round(t.relax_s / t.relaxed, 2) if t.relaxed else None,
+        "fallback (S.U.N.)": "n/a" if t.fallback is None else f"{t.fallback} ({t.fallback_sun})",
     }
 
 

@@ -407,6 +407,7 @@ class DiffusionGenerator:
                 parameters = self._parameters(choice, z, drawn - 1, request)
                 parameters |= {
                     "template": template.material_id,
+                    "template_rank": template.rank,
                     "template_distance": template.distance,
                     "template_step": self.template_step,
                 }

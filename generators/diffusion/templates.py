@@ -12,7 +12,10 @@ distinct guesses.
 
 The diffusion generator starts its reverse process from a template with partial noise (step
 ``template_step`` of the 1000) and lets the model adapt the cell to the new elements, the
-template acting as a prior on the structure type; CHGNet relaxation and energy ranking follow.
+template acting as a prior on the structure type; CHGNet relaxation follows. Measured on 100
+held-out rows (docs/models/diffusion.md): the closest template matches the truth in 68-70 %,
+the next ones in 11-19 %, and choosing among five by CHGNet energy matches fewer (52-56 %) than
+taking the closest, so the rank is the better prediction.
 The library is the diffusion model's own training split (:func:`training_library`): a held-out
 or validation row never retrieves itself.
 """
@@ -53,12 +56,14 @@ class Template:
             compositions have learned atom volumes.
         distance: Count-weighted ``|Δ Mendeleev number|`` of the renaming (0: same elements).
         mapping: ``(template element, target element)`` pairs.
+        rank: 1 for the closest distinct template of the query, 2 for the next, ...
     """
 
     material_id: str
     structure: Structure
     distance: float
     mapping: tuple[tuple[str, str], ...]
+    rank: int = 1
 
     @property
     def species(self) -> list[str]:
@@ -157,7 +162,8 @@ class TemplateLibrary:
             structure = self._renamed(i, mapping, target)
             if any(_same(matcher, structure, t.structure) for t in kept):
                 continue
-            kept.append(Template(self._ids[i], structure, distance, tuple(sorted(mapping.items()))))
+            pairs = tuple(sorted(mapping.items()))
+            kept.append(Template(self._ids[i], structure, distance, pairs, len(kept) + 1))
             if len(kept) >= k:
                 break
         return kept

@@ -67,6 +67,7 @@ def test_nearest_ranks_by_distance_and_drops_repeated_structure_types(
     found = library.nearest(["K", "Br"], 5)
     # NaCl and LiF are one structure type: only the closer one (NaCl) is kept; CsCl comes next.
     assert [t.material_id for t in found] == ["mp-nacl", "mp-cscl"]
+    assert [t.rank for t in found] == [1, 2]
     assert found[0].distance < found[1].distance
     first = found[0].structure
     assert first.composition.reduced_formula == "KBr"
@@ -111,6 +112,7 @@ def test_csp_requests_start_from_templates_then_sample_freely(
         GenerationRequest(num_structures=4, seed=0, formula="NaF", max_atoms=2)
     )
     assert [c.parameters.get("template") for c in out[:2]] == ["mp-lif", "mp-cscl"]
+    assert [c.parameters["template_rank"] for c in out[:2]] == [1, 2]
     assert all(c.parameters["template_step"] == generator.template_step for c in out[:2])
     assert all("template" not in c.parameters for c in out[2:])
     assert all(c.structure.composition.reduced_formula == "NaF" for c in out)
