@@ -381,37 +381,37 @@ class DiffusionGenerator:
         out = kept.items
         drawn = rejected = 0
         note: dict[str, Scalar] = {}
-        if request.formula is not None and self.templates:
-            jobs, reason = self._template_jobs(choices, loaded, budget)
-            if reason is not None:
-                note["templates"] = reason
-            structures = sample_structures(
-                loaded,
-                [template.species for _, _, template in jobs],
-                seed=int(rng.integers(2**62)),
-                steps=self.steps,
-                corrector_step=self.corrector_step,
-                target_formation_energy=self.target_formation_energy,
-                guidance=self.guidance,
-                batch_size=self.batch_size,
-                templates=[template.structure for _, _, template in jobs],
-                template_step=self.template_step,
-            )
-            for (choice, z, template), structure in zip(jobs, structures, strict=True):
+
+        def offer(structures: list[Structure], parameters: list[dict[str, Scalar]]) -> None:
+            """Keep the sensible, distinct samples until the request is filled."""
+            nonlocal drawn, rejected
+            for structure, params in zip(structures, parameters, strict=True):
                 drawn += 1
                 if len(out) >= request.num_structures:
                     break
                 if not is_sensible(structure, self.min_distance):
                     rejected += 1
                     continue
-                parameters = self._parameters(choice, z, drawn - 1, request)
-                parameters |= {
-                    "template": template.material_id,
-                    "template_rank": template.rank,
-                    "template_distance": template.distance,
-                    "template_step": self.template_step,
-                }
-                kept.add(structure, parameters)
+                kept.add(structure, params)
+
+        if request.formula is not None and self.templates:
+            jobs, reason = self._template_jobs(choices, loaded, budget)
+            if reason is not None:
+                note["templates"] = reason
+            starts = [template for _, _, template in jobs]
+            offer(
+                self._sample(loaded, [t.species for t in starts], rng, starts),
+                [
+                    self._parameters(choice, z, drawn + j, request)
+                    | {
+                        "template": template.material_id,
+                        "template_rank": template.rank,
+                        "template_distance": template.distance,
+                        "template_step": self.template_step,
+                    }
+                    for j, (choice, z, template) in enumerate(jobs)
+                ],
+            )
         while len(out) < request.num_structures and drawn < budget:
             if time.monotonic() > deadline:
                 logger.warning("diffusion: %g s time budget ran out", self.timeout_s)
@@ -419,25 +419,14 @@ class DiffusionGenerator:
             missing = request.num_structures - len(out)
             # A quarter more than missing, for the samples the distance check rejects.
             size = min(budget - drawn, math.ceil(1.25 * missing))
-            jobs = [self._draw(choices, rng, drawn + j) for j in range(size)]
-            structures = sample_structures(
-                loaded,
-                [job[2] for job in jobs],
-                seed=int(rng.integers(2**62)),
-                steps=self.steps,
-                corrector_step=self.corrector_step,
-                target_formation_energy=self.target_formation_energy,
-                guidance=self.guidance,
-                batch_size=self.batch_size,
+            draws = [self._draw(choices, rng, drawn + j) for j in range(size)]
+            offer(
+                self._sample(loaded, [atoms for _, _, atoms in draws], rng),
+                [
+                    self._parameters(choice, z, drawn + j, request) | note
+                    for j, (choice, z, _) in enumerate(draws)
+                ],
             )
-            for (choice, z, _), structure in zip(jobs, structures, strict=True):
-                drawn += 1
-                if len(out) >= request.num_structures:
-                    break
-                if not is_sensible(structure, self.min_distance):
-                    rejected += 1
-                    continue
-                kept.add(structure, self._parameters(choice, z, drawn - 1, request) | note)
         logger.info(
             "diffusion: %d structures from %d samples (%d rejected, %d duplicates)",
             len(out), drawn, rejected, kept.duplicates,
@@ -453,6 +442,27 @@ class DiffusionGenerator:
                 len(out), request.num_structures, budget,
             )  # fmt: skip
         return out
+
+    def _sample(
+        self,
+        loaded: LoadedModel,
+        species: list[list[str]],
+        rng: np.random.Generator,
+        templates: list[Template] | None = None,
+    ) -> list[Structure]:
+        """One batched call of :func:`sample_structures` with this generator's settings."""
+        return sample_structures(
+            loaded,
+            species,
+            seed=int(rng.integers(2**62)),
+            steps=self.steps,
+            corrector_step=self.corrector_step,
+            target_formation_energy=self.target_formation_energy,
+            guidance=self.guidance,
+            batch_size=self.batch_size,
+            templates=None if templates is None else [t.structure for t in templates],
+            template_step=self.template_step,
+        )
 
     def _template_jobs(
         self, choices: list[CompositionChoice], loaded: LoadedModel, budget: int

@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("chgnet")
 
 from crystalforge.core.errors import ConfigError, DataError
-from crystalforge.evals.base import SuiteOptions
+from crystalforge.evals.base import SuiteOptions, SuiteResult
 from crystalforge.evals.csp import (
     HELD_OUT,
     any_of_k_metrics,
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def quick_run(data_dir: Path, tmp_path: Path, methods: tuple[str, ...]) -> SuiteResult:
+    """``--quick`` on two held-out rows with a tiny random diffusion checkpoint."""
+    checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
+    options = SuiteOptions(
+        quick=True, data_dir=data_dir, limit=2, device="cpu", out_dir=tmp_path, families=methods
+    )
+    return run(options, checkpoint_path=checkpoint)
+
+
 def test_csp_suite_is_registered() -> None:
     assert "csp" in available_suites()
 
@@ -36,16 +45,7 @@ def test_quick_run_gives_seven_selections_per_method(data_dir: Path, tmp_path: P
     import gzip
     import json
 
-    checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
-    options = SuiteOptions(
-        quick=True,
-        data_dir=data_dir,
-        limit=2,
-        device="cpu",
-        out_dir=tmp_path,
-        families=("diffusion", "pyxtal"),
-    )
-    result = run(options, checkpoint_path=checkpoint)
+    result = quick_run(data_dir, tmp_path, ("diffusion", "pyxtal"))
     assert [(r["method"], r["k"]) for r in result.rows] == [
         (method, k) for method in ("diffusion", "pyxtal") for k in (1, 1, 2, 2, 2, 2, 2)
     ]
@@ -72,16 +72,7 @@ def test_template_methods_predict_each_row_from_training_templates(
 
     from pymatgen.core import Structure
 
-    checkpoint = str(write_tiny_checkpoint(tmp_path / "tiny.pt"))
-    options = SuiteOptions(
-        quick=True,
-        data_dir=data_dir,
-        limit=2,
-        device="cpu",
-        out_dir=tmp_path,
-        families=("template", "diffusion-template"),
-    )
-    result = run(options, checkpoint_path=checkpoint)
+    result = quick_run(data_dir, tmp_path, ("template", "diffusion-template"))
     assert [r["method"] for r in result.rows] == ["template"] * 7 + ["diffusion-template"] * 7
     rows = sample_rows(data_dir, 2, 0)
     for method in ("template", "diffusion-template"):
