@@ -179,7 +179,7 @@ def test_composition_prior_writes_exactly_the_drawn_atoms() -> None:
         c.choice.formula
         for c in wyckoff._pool(request, wyckoff.priors).cells  # pyright: ignore[reportPrivateUsage]
     }
-    out = AutoregressiveGenerator(fallback="none").generate(request)
+    out = AutoregressiveGenerator(fallback="none").generate(request)  # "prior" is the default
     assert len(out) == 6
     for candidate in out:
         assert candidate.parameters["composition"] == "prior"
@@ -194,3 +194,23 @@ def test_composition_prior_writes_exactly_the_drawn_atoms() -> None:
     assert {c.parameters["composition"] for c in free} == {"model"}
     with pytest.raises(ConfigError, match="composition must be 'prior' or 'model'"):
         AutoregressiveGenerator(composition="exact")  # type: ignore[arg-type]
+
+
+def test_composition_prior_never_crowds_a_special_position() -> None:
+    """Exact counts once forced seven atoms onto one line of Pmm2 (PyXtal spent 70 s failing)."""
+    from crystalforge.generators.autoregressive.generator import (
+        MAX_SPECIAL_REPEATS,
+        _wyckoff_table,
+    )
+
+    request = GenerationRequest(
+        num_structures=20, seed=0, chemical_system=("Mg", "Sr", "Y"), max_atoms=20
+    )
+    out = AutoregressiveGenerator(fallback="none", timeout_s=60).generate(request)
+    assert len(out) == 20
+    for candidate in out:
+        group, *sites = str(candidate.parameters["wyckoff_gene"]).split()
+        table = _wyckoff_table(int(group))
+        labels = [site.split(":")[1] for site in sites]
+        for label, fixed in table[1:]:
+            assert labels.count(label) <= (1 if fixed else MAX_SPECIAL_REPEATS)
