@@ -214,6 +214,7 @@ class ChatOptions:
             base_url=options.get("base_url"),
             seed=options.get("seed") or 0,
             device=options.get("device"),
+            generators=options.get("generators"),
             candidates=options.get("candidates"),
             max_atoms=options.get("max_atoms"),
             budget={k: v for k, v in budget.items() if v is not None},

@@ -218,6 +218,26 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def generator_names(text: str) -> tuple[str, ...]:
+    """``"wyckoff,diffusion"`` as registry names, checked.
+
+    Raises:
+        argparse.ArgumentTypeError: An empty list or a name the registry does not know (the
+            message lists the known ones).
+    """
+    from crystalforge.generators.registry import available_generators
+
+    names = tuple(dict.fromkeys(n.strip() for n in str(text).split(",") if n.strip()))
+    known = available_generators()
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"generators must be comma-separated names among {known}, got {text!r}"
+            + (f" (unknown: {unknown})" if unknown else "")
+        )
+    return names
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, out: bool = True) -> None:
     if out:
         p.add_argument("--out", type=Path, help="Run folder (default: a new folder under ./runs/).")
@@ -230,6 +250,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, out: bool = True) -> None:
     p.add_argument("--max-minutes", type=float, help="Working-time budget in minutes (default 4).")
     p.add_argument("--max-atoms", type=int, help="Atoms-per-cell limit (overrides the request).")
     p.add_argument("--seed", type=int, default=0, help="Base random seed (default 0).")
+    p.add_argument(
+        "--generators",
+        type=generator_names,
+        help="Comma-separated generator families the planner may call, the first taking the "
+        "exploit share (default wyckoff,pyxtal,substitution; also autoregressive, diffusion, "
+        "wyformer: see docs/generators.md).",
+    )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), help="CHGNet device (default: auto)."
     )
@@ -402,6 +429,7 @@ def _design(options: dict[str, Any]) -> int:
         llm_model=options.get("model"),
         llm_base_url=options.get("base_url"),
         review=options.get("review"),
+        generators=options.get("generators"),
     )
     backend = None
     if context.llm == "openai":
@@ -470,12 +498,19 @@ def _campaign(path: Path) -> int:
     known = {
         "request", "candidates", "rounds", "samples", "max_relaxations", "max_minutes",
         "max_atoms", "seed", "out", "data_dir", "device", "no_reference_data", "llm", "model",
-        "base_url", "assume_defaults", "review",
+        "base_url", "assume_defaults", "review", "generators",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
         raise SetupError(f"unknown campaign keys {unknown}; valid keys: {sorted(known)}")
     options: dict[str, Any] = {"seed": 0, **data}
+    if options.get("generators") is not None:
+        value = options["generators"]
+        text = ",".join(value) if isinstance(value, list) else str(value)
+        try:
+            options["generators"] = generator_names(text)
+        except argparse.ArgumentTypeError as exc:
+            raise SetupError(f"campaign file {str(path)!r}: {exc}") from None
     for key in ("out", "data_dir"):
         if options.get(key):
             options[key] = Path(options[key])

@@ -35,10 +35,11 @@ sampled from pure noise); the non-learned baseline ``pyxtal`` (random symmetric 
 the composition with the same atom count,
 :class:`~crystalforge.generators.symmetry.PyXtalGenerator`); ``template`` (the ``k`` nearest
 distinct templates of the diffusion model's training split, renamed onto the row's elements and
-volume-scaled, no model: :mod:`crystalforge.generators.diffusion.templates`); and
-``diffusion-template``, the diffusion generator's CSP path: those templates denoised by the
-model from a partly noised start, free samples filling the slots of rows with fewer than ``k``
-templates. ``--families`` runs a subset, e.g. ``--families diffusion,template``.
+volume-scaled, no model: :mod:`crystalforge.generators.diffusion.templates`; the diffusion
+generator's default CSP path); and ``diffusion-template``: those templates denoised by the
+model from a partly noised start (the generator with ``template_step=100``), free samples
+filling the slots of rows with fewer than ``k`` templates. ``--families`` runs a subset,
+e.g. ``--families diffusion,template``.
 """
 
 from __future__ import annotations
@@ -327,9 +328,10 @@ def template_samples(
     (:func:`~crystalforge.generators.diffusion.templates.training_library`), so neither a
     held-out row nor a validation row retrieves itself. ``denoise=False``: the renamed,
     volume-scaled templates as they are (no model; ``None`` where a row has fewer than ``k``
-    distinct templates). ``denoise=True``: the generator's CSP path: each template denoised by
-    the model from step :data:`~crystalforge.generators.diffusion.generator.TEMPLATE_STEP`,
-    and the slots without a template filled with free diffusion samples.
+    distinct templates; the generator's default CSP path). ``denoise=True``: each template
+    denoised by the model from step
+    :data:`~crystalforge.generators.diffusion.generator.TEMPLATE_STEP`, and the slots without a
+    template filled with free diffusion samples.
     """
     from crystalforge.generators.diffusion.generator import (
         DEFAULT_CHECKPOINT,

@@ -10,9 +10,9 @@ equal count the renaming of least distance is taken. Renamed templates that one 
 repeats are dropped (``StructureMatcher`` with volume scaling), so ``k`` templates are ``k``
 distinct guesses.
 
-The diffusion generator starts its reverse process from a template with partial noise (step
-``template_step`` of the 1000) and lets the model adapt the cell to the new elements, the
-template acting as a prior on the structure type; CHGNet relaxation follows. Measured on 100
+The diffusion generator proposes the templates as retrieved, or (``template_step`` > 0) starts
+its reverse process from each with partial noise and lets the model adapt the cell to the new
+elements; CHGNet relaxation follows. Measured on 100
 held-out rows (docs/models/diffusion.md): the closest template matches the truth in 68-70 %,
 the next ones in 11-19 %, and choosing among five by CHGNet energy matches fewer (52-56 %) than
 taking the closest, so the rank is the better prediction.

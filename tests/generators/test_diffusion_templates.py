@@ -113,7 +113,18 @@ def test_csp_requests_start_from_templates_then_sample_freely(
     )
     assert [c.parameters.get("template") for c in out[:2]] == ["mp-lif", "mp-cscl"]
     assert [c.parameters["template_rank"] for c in out[:2]] == [1, 2]
-    assert all(c.parameters["template_step"] == generator.template_step for c in out[:2])
+    assert all(c.parameters["template_step"] == 0 for c in out[:2])
+    # Step 0 (default): the renamed template itself, exact symmetry kept.
+    assert out[0].structure.get_space_group_info()[1] == 225
+    denoised = DiffusionGenerator(
+        checkpoint_path=checkpoint,
+        steps=8,
+        device="cpu",
+        template_library=library,
+        template_step=100,
+    ).generate(GenerationRequest(num_structures=1, seed=0, formula="NaF", max_atoms=2))
+    assert denoised[0].parameters["template_step"] == 100
+    assert denoised[0].structure.lattice.abc != pytest.approx(out[0].structure.lattice.abc)
     assert all("template" not in c.parameters for c in out[2:])
     assert all(c.structure.composition.reduced_formula == "NaF" for c in out)
     free = DiffusionGenerator(
@@ -144,8 +155,8 @@ def test_bad_template_settings_are_config_errors() -> None:
 
     with pytest.raises(ConfigError, match="templates must be >= 0"):
         DiffusionGenerator(templates=-1)
-    with pytest.raises(ConfigError, match=r"template_step must be in 1\.\.1000"):
-        DiffusionGenerator(template_step=0)
+    with pytest.raises(ConfigError, match=r"template_step must be in 0\.\.1000"):
+        DiffusionGenerator(template_step=-1)
 
 
 def test_training_library_refuses_a_split_it_cannot_recompute(data_dir: Path) -> None:
