@@ -171,6 +171,13 @@ class AutoregressiveGenerator:
     """Contact distance of the push relative to the sum of covalent radii."""
     charge_balanced: bool = True
     """Keep only compositions that the request's composition enumeration admits."""
+    resample: int = 1
+    """``composition="prior"``: each batch keeps one in ``resample`` of its sequences, drawn
+    without replacement with the importance weights of the masked sampler (the model's
+    probability mass on the allowed tokens; :meth:`_sample_batch`), so that the space group,
+    which the model writes before it sees the elements, is chosen as the model would choose it
+    for these atoms; 1 (default): keep every sequence. On the 6 tuning systems x 30, 4 made 61
+    S.U.N. structures against 63 with 1 (docs/models/autoregressive.md): not adopted."""
     composition: CompositionSource = "prior"
     """Where a sequence's composition comes from when the request names elements:
     ``"prior"`` draws (composition, cell size) as the ``wyckoff`` generator does (its learned
@@ -201,6 +208,8 @@ class AutoregressiveGenerator:
             )
         if self.pyxtal_attempts < 1:
             raise ConfigError(f"pyxtal_attempts must be >= 1, got {self.pyxtal_attempts!r}")
+        if self.resample < 1:
+            raise ConfigError(f"resample must be >= 1, got {self.resample!r}")
         if self.composition not in ("prior", "model"):
             raise ConfigError(f"composition must be 'prior' or 'model', got {self.composition!r}")
         if self.fallback not in ("wyckoff", "none"):
@@ -321,9 +330,11 @@ class AutoregressiveGenerator:
                 break
             size = min(_BATCH, budget - sampled)
             targets = None if cells is None else [_counts(cells.draw(rng)) for _ in range(size)]
-            genes = self._sample_batch(
+            genes, log_mass = self._sample_batch(
                 loaded, generator, size, pool, required, allowed_groups, request, targets
             )
+            if targets is not None and self.resample > 1:
+                genes = _resample(genes, log_mass, self.resample, generator)
             sampled += size
             for gene in genes:
                 if len(out) >= request.num_structures:
@@ -379,8 +390,12 @@ class AutoregressiveGenerator:
         groups: tuple[int, ...],
         request: GenerationRequest,
         targets: list[dict[str, int]] | None = None,
-    ) -> list[WyckoffGene | None]:
-        """``size`` sequences with masked sampling; ``None`` for a dead end.
+    ) -> tuple[list[WyckoffGene | None], list[float]]:
+        """``size`` sequences with masked sampling (``None`` for a dead end), and their weights.
+
+        The weight is the log of the probability mass the model put on the allowed tokens,
+        summed over steps: ``log p(sequence) - log q(sequence)`` of the masked proposal ``q``,
+        the importance weight for the model's distribution restricted to the constraints.
 
         ``targets``: atoms per element of each sequence's primitive cell, written exactly.
         """
@@ -393,16 +408,19 @@ class AutoregressiveGenerator:
         states = [_State(target=None if targets is None else targets[i]) for i in range(size)]
         pool_ids = sorted(vocab.index[e] for e in pool)
         group_ids = [vocab.index[f"SG{g}"] for g in groups]
+        log_mass = torch.zeros(size)
         with torch.no_grad():
             for step in range(1, max_len):
                 if all(s.done or s.dead for s in states):
                     break
                 logits = model(ids)[:, -1, :] / self.temperature
                 mask = torch.full_like(logits, -math.inf)
+                active = torch.zeros(size, dtype=torch.bool)
                 for row, state in enumerate(states):
                     if state.done or state.dead:
                         mask[row, vocab.pad] = 0.0
                         continue
+                    active[row] = True
                     if state.target is None:
                         allowed = _allowed(
                             vocab, state, step, pool_ids, group_ids, required, request
@@ -414,16 +432,19 @@ class AutoregressiveGenerator:
                         mask[row, vocab.pad] = 0.0
                     else:
                         mask[row, allowed] = 0.0
+                allowed_mass = torch.logsumexp(logits + mask, -1) - torch.logsumexp(logits, -1)
+                log_mass += torch.where(active, allowed_mass, torch.zeros(()))
                 probabilities = torch.softmax(logits + mask, dim=-1)
                 token = torch.multinomial(probabilities, 1, generator=generator)
                 ids = torch.cat([ids, token], dim=1)
                 for row, state in enumerate(states):
                     if not (state.done or state.dead):
                         _advance(vocab, state, int(token[row]), step)
-        return [
+        genes = [
             None if s.dead or not s.done else WyckoffGene(s.space_group, tuple(s.sites))
             for s in states
         ]
+        return genes, log_mass.tolist()
 
     def _cells(self, request: GenerationRequest, pool: set[str]) -> CellPool | None:
         """The ``wyckoff`` generator's weighted (composition, size) cells over ``pool``.
@@ -620,6 +641,28 @@ def _allowed_exact(vocab: Vocabulary, state: _State, step: int, group_ids: list[
         if label in vocab.index:
             out.append(vocab.index[label])
     return out
+
+
+def _resample(
+    genes: list[WyckoffGene | None],
+    log_weights: list[float],
+    factor: int,
+    generator: torch.Generator,
+) -> list[WyckoffGene | None]:
+    """``len(genes) // factor`` of the finished genes, by importance weight.
+
+    Drawn without replacement with probabilities proportional to ``exp(log_weights)`` (Gumbel
+    top-k), in draw order.
+    """
+    import torch
+
+    keep = max(1, len(genes) // factor)
+    weights = torch.tensor(log_weights, dtype=torch.float64)
+    finished = torch.tensor([g is not None for g in genes])
+    uniform = torch.rand(len(genes), generator=generator, dtype=torch.float64)
+    keys = torch.where(finished, weights - torch.log(-torch.log(uniform)), -math.inf)
+    order = torch.argsort(keys, descending=True)[:keep]
+    return [genes[int(i)] for i in order if bool(finished[i])]
 
 
 def _counts(cell: Cell) -> dict[str, int]:

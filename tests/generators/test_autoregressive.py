@@ -214,3 +214,37 @@ def test_composition_prior_never_crowds_a_special_position() -> None:
         labels = [site.split(":")[1] for site in sites]
         for label, fixed in table[1:]:
             assert labels.count(label) <= (1 if fixed else MAX_SPECIAL_REPEATS)
+
+
+def test_resampling_keeps_finished_genes_by_importance_weight() -> None:
+    import torch
+
+    from crystalforge.generators.autoregressive.generator import _resample
+    from crystalforge.generators.autoregressive.tokenizer import WyckoffGene
+
+    genes = [WyckoffGene(225, (("Na", "4a"), ("Cl", "4b"))), None, WyckoffGene(1, (("Na", "1a"),))]
+    genes += [WyckoffGene(2, (("Cl", "2i"),)), None, WyckoffGene(221, (("Cs", "1a"),))]
+    weights = [0.0, 99.0, 40.0, 0.0, 99.0, 0.0]  # dead ends (None) never count
+    kept = _resample(genes, weights, 3, torch.Generator().manual_seed(0))
+    assert len(kept) == 2
+    assert kept[0] is genes[2]  # e^40 outweighs the rest
+    assert None not in kept
+    with pytest.raises(ConfigError, match="resample must be >= 1"):
+        AutoregressiveGenerator(resample=0)
+
+
+def test_sequence_weight_is_the_mass_on_allowed_tokens() -> None:
+    """With nothing masked but the space group, the weight is the log mass on that group."""
+    import math
+
+    import torch
+
+    generator = AutoregressiveGenerator(fallback="none")
+    loaded = _load(str(DEFAULT_CHECKPOINT))
+    request = GenerationRequest(num_structures=1, seed=0, chemical_system=("Cl", "Na"))
+    genes, log_mass = generator._sample_batch(  # pyright: ignore[reportPrivateUsage]
+        loaded, torch.Generator().manual_seed(0), 4, {"Na", "Cl"}, {"Na", "Cl"}, (225,),
+        request, [{"Na": 1, "Cl": 1}] * 4,
+    )  # fmt: skip
+    assert all(g is not None and g.space_group == 225 for g in genes)
+    assert all(w < 0 and math.isfinite(w) for w in log_mass)  # SG 225 alone holds < all mass
