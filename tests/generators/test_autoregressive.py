@@ -192,7 +192,7 @@ def test_composition_prior_writes_exactly_the_drawn_atoms() -> None:
         assert primitive == {el.symbol: int(n) for el, n in composition.items()}
     free = AutoregressiveGenerator(composition="model", fallback="none").generate(request)
     assert {c.parameters["composition"] for c in free} == {"model"}
-    with pytest.raises(ConfigError, match="composition must be 'prior' or 'model'"):
+    with pytest.raises(ConfigError, match="composition must be 'prior', 'model' or 'auto'"):
         AutoregressiveGenerator(composition="exact")  # type: ignore[arg-type]
 
 
@@ -248,3 +248,13 @@ def test_sequence_weight_is_the_mass_on_allowed_tokens() -> None:
     )  # fmt: skip
     assert all(g is not None and g.space_group == 225 for g in genes)
     assert all(w < 0 and math.isfinite(w) for w in log_mass)  # SG 225 alone holds < all mass
+
+
+def test_auto_composition_asks_the_model_first() -> None:
+    """Ionic Br-Cl-K: the model's own sequences rarely balance, so the prior's are used; an
+    intermetallic system keeps the model's own compositions."""
+    auto = AutoregressiveGenerator(composition="auto", fallback="none")
+    ionic = GenerationRequest(num_structures=3, seed=0, chemical_system=("Br", "Cl", "K"))
+    metallic = GenerationRequest(num_structures=3, seed=0, chemical_system=("Ag", "Lu", "Pb"))
+    assert {c.parameters["composition"] for c in auto.generate(ionic)} == {"prior"}
+    assert {c.parameters["composition"] for c in auto.generate(metallic)} == {"model"}
