@@ -493,9 +493,8 @@ class DiffusionGenerator:
         ranked: list[list[tuple[CompositionChoice, int, Template]]] = []
         for choice in choices:
             for z in choice.z_options:
-                symbols, counts = choice.species_and_counts(z)
-                atoms = [s for s, n in zip(symbols, counts, strict=True) for _ in range(n)]
-                ranked.append([(choice, z, t) for t in library.nearest(atoms, self.templates)])
+                nearest = library.nearest(_atoms(choice, z), self.templates)
+                ranked.append([(choice, z, t) for t in nearest])
         jobs = [job for rank in itertools.zip_longest(*ranked) for job in rank if job is not None]
         return jobs[:budget], None
 
@@ -569,9 +568,7 @@ class DiffusionGenerator:
         else:
             choice = choices[int(rng.integers(len(choices)))]
             z = choice.z_options[int(rng.integers(len(choice.z_options)))]
-        symbols, counts = choice.species_and_counts(z)
-        atoms = [s for s, n in zip(symbols, counts, strict=True) for _ in range(n)]
-        return choice, z, atoms
+        return choice, z, _atoms(choice, z)
 
     def _parameters(
         self, choice: CompositionChoice, z: int, index: int, request: GenerationRequest
@@ -589,6 +586,12 @@ class DiffusionGenerator:
             parameters["target_formation_energy"] = self.target_formation_energy
             parameters["guidance"] = self.guidance
         return parameters
+
+
+def _atoms(choice: CompositionChoice, z: int) -> list[str]:
+    """Element symbols of every atom of ``z`` formula units of ``choice``."""
+    symbols, counts = choice.species_and_counts(z)
+    return [s for s, n in zip(symbols, counts, strict=True) for _ in range(n)]
 
 
 def formula_atoms(formula: str) -> list[str]:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from crystalforge.generators.diffusion.data import Crystal
+    from crystalforge.generators.priors import WyckoffPriors
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +119,21 @@ class TemplateLibrary:
     Args:
         crystals: The cells (Niggli-reduced arrays, :class:`~.data.Crystal`).
         ids: Their material ids, in the same order.
-        volume_per_atom: Optional ``element -> Å^3`` table for volume scaling after renaming.
+        priors: Learned per-element atom volumes (:meth:`WyckoffPriors.cell_volume`) for
+            scaling a renamed cell; ``None``: keep the template's volume.
     """
 
     def __init__(
         self,
         crystals: Sequence[Crystal],
         ids: Sequence[str],
-        volume_per_atom: dict[str, float] | None = None,
+        priors: WyckoffPriors | None = None,
     ) -> None:
         if len(crystals) != len(ids):
             raise ValueError(f"{len(crystals)} crystals but {len(ids)} ids")
         self._crystals = list(crystals)
         self._ids = list(ids)
-        self._volumes = dict(volume_per_atom or {})
+        self._priors = priors
         self._counts: list[Counter[str]] = []
         self._index: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, crystal in enumerate(self._crystals):
@@ -173,17 +175,12 @@ class TemplateLibrary:
         lattice = Lattice.from_parameters(*(float(x) for x in crystal.lattice))
         symbols = [mapping[Element.from_Z(int(z)).symbol] for z in crystal.numbers]
         structure = Structure(lattice, symbols, crystal.frac.astype(float))
-        old = self._predicted_volume(self._counts[i])
-        new = self._predicted_volume(target)
-        if old and new:
-            structure.scale_lattice(structure.volume * new / old)
+        if self._priors is not None:
+            old = self._priors.cell_volume(self._counts[i])
+            new = self._priors.cell_volume(target)
+            if old and new:
+                structure.scale_lattice(structure.volume * new / old)
         return structure
-
-    def _predicted_volume(self, counts: Counter[str]) -> float | None:
-        volumes = [self._volumes.get(e) for e in counts]
-        if any(v is None for v in volumes):
-            return None
-        return float(sum(n * v for n, v in zip(counts.values(), volumes, strict=True) if v))
 
 
 def _same(matcher: object, a: Structure, b: Structure) -> bool:
@@ -222,12 +219,9 @@ def training_library(data_dir: Path, split_seed: int, val_rows: int | None) -> T
             f"{len(validation)}, the checkpoint recorded {val_rows}: its training split cannot "
             "be recomputed, so no template library is built"
         )
-    priors = load_priors()
-    elements = {Element.from_Z(int(z)).symbol for c in crystals for z in c.numbers}
-    volumes = {e: v for e in elements if (v := priors.element_volume(e)) is not None}
     order = sorted(int(i) for i in training)
     logger.info("template library: %d training cells of %s", len(order), data_dir)
-    return TemplateLibrary([crystals[i] for i in order], [ids[i] for i in order], volumes)
+    return TemplateLibrary([crystals[i] for i in order], [ids[i] for i in order], load_priors())
 
 
 def _data_stamp(data_dir: Path) -> str:

@@ -24,6 +24,7 @@ from crystalforge.generators.diffusion.templates import (  # noqa: E402
     best_renaming,
     training_library,
 )
+from crystalforge.generators.priors import FORMAT_VERSION, WyckoffPriors  # noqa: E402
 from tests.generators.test_diffusion_generator import write_tiny_checkpoint  # noqa: E402
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def library() -> TemplateLibrary:
     ]
     crystals = [crystal_from_structure(s) for s in cells]
     volumes = {"Na": 20.0, "Cl": 25.0, "K": 30.0, "Br": 30.0, "Li": 8.0, "F": 10.0, "Cs": 40.0}
-    return TemplateLibrary(crystals, ["mp-cscl", "mp-nacl", "mp-lif", "mp-tio2"], volumes)
+    priors = WyckoffPriors({"format": FORMAT_VERSION, "element_volumes": volumes})
+    return TemplateLibrary(crystals, ["mp-cscl", "mp-nacl", "mp-lif", "mp-tio2"], priors)
 
 
 def test_renaming_keeps_counts_and_pairs_chemically_close_elements() -> None:
