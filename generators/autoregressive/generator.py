@@ -42,9 +42,12 @@ from pymatgen.core import Composition, Element, Structure
 
 from crystalforge.core.errors import ConfigError, DataError, GenerationFailed
 from crystalforge.generators.autoregressive.tokenizer import (
+    MAX_COUNT,
+    MAX_ELEMENTS,
     MAX_SITES,
     Vocabulary,
     WyckoffGene,
+    count_token,
     multiplicity,
 )
 from crystalforge.generators.base import UniqueCandidates
@@ -53,6 +56,8 @@ from crystalforge.generators.packing import PUSH_SCALE, PUSH_STEPS, check_push
 from crystalforge.generators.symmetry import centering_multiplicity
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from crystalforge.core.candidate import Candidate, Scalar
@@ -81,6 +86,11 @@ class _Loaded:
     vocab: Vocabulary
     space_group_counts: dict[int, int]
     element_counts: dict[str, int]
+
+    @property
+    def composition_prefix(self) -> bool:
+        """Whether the model writes the composition before the space group."""
+        return self.vocab.composition_prefix
 
     @property
     def elements(self) -> set[str]:
@@ -133,7 +143,12 @@ class _State:
     done: bool = False
     dead: bool = False
     target: dict[str, int] | None = None
-    """Atoms per element of the primitive cell to write exactly (``composition="prior"``)."""
+    """Atoms per element of the primitive cell to write exactly (``composition="prior"``, or
+    the composition prefix the model wrote)."""
+    prefix: list[tuple[str, int]] = field(default_factory=list)
+    """The composition prefix written so far (checkpoints with one)."""
+    start: int = 1
+    """Step at which the space group was written (after the composition prefix)."""
 
     def left(self, element: str) -> int:
         """Conventional-cell atoms of ``element`` still to place (``target`` set, group drawn)."""
@@ -336,6 +351,11 @@ class AutoregressiveGenerator:
         ):
             cells = self._cells(request, pool)
         rng = np.random.default_rng(request.seed)
+        balanced = (
+            functools.cache(functools.partial(_balanced, formulas=formulas))
+            if self.charge_balanced
+            else None
+        )
         while len(out) < request.num_structures and sampled < budget:
             if time.monotonic() > deadline:
                 logger.warning("autoregressive: %g s time budget ran out", self.timeout_s)
@@ -343,7 +363,7 @@ class AutoregressiveGenerator:
             size = min(_BATCH, budget - sampled)
             targets = None if cells is None else [_counts(cells.draw(rng)) for _ in range(size)]
             genes, log_mass = self._sample_batch(
-                loaded, generator, size, pool, required, allowed_groups, request, targets
+                loaded, generator, size, pool, required, allowed_groups, request, targets, balanced
             )
             if targets is not None and self.resample > 1:
                 genes = _resample(genes, log_mass, self.resample, generator)
@@ -402,6 +422,7 @@ class AutoregressiveGenerator:
         groups: tuple[int, ...],
         request: GenerationRequest,
         targets: list[dict[str, int]] | None = None,
+        balanced: Callable[[str], bool] | None = None,
     ) -> tuple[list[WyckoffGene | None], list[float]]:
         """``size`` sequences with masked sampling (``None`` for a dead end), and their weights.
 
@@ -409,7 +430,10 @@ class AutoregressiveGenerator:
         summed over steps: ``log p(sequence) - log q(sequence)`` of the masked proposal ``q``,
         the importance weight for the model's distribution restricted to the constraints.
 
-        ``targets``: atoms per element of each sequence's primitive cell, written exactly.
+        ``targets``: atoms per element of each sequence's primitive cell, written exactly (as the
+        composition prefix, when the checkpoint has one). Without them a prefix checkpoint writes
+        its own composition, and ``balanced`` (a reduced formula -> bool) decides which
+        compositions it may end with.
         """
         import torch
 
@@ -433,12 +457,17 @@ class AutoregressiveGenerator:
                         mask[row, vocab.pad] = 0.0
                         continue
                     active[row] = True
-                    if state.target is None:
+                    position = step - state.start + 1  # 1: the space group
+                    if not state.space_group and loaded.composition_prefix:
+                        allowed = _allowed_prefix(
+                            vocab, state, step, pool_ids, group_ids, required, request, balanced
+                        )
+                    elif state.target is None:
                         allowed = _allowed(
-                            vocab, state, step, pool_ids, group_ids, required, request
+                            vocab, state, position, pool_ids, group_ids, required, request
                         )
                     else:
-                        allowed = _allowed_exact(vocab, state, step, group_ids)
+                        allowed = _allowed_exact(vocab, state, position, group_ids)
                     if not allowed:
                         state.dead = True
                         mask[row, vocab.pad] = 0.0
@@ -486,14 +515,19 @@ class AutoregressiveGenerator:
     def _cells(self, request: GenerationRequest, pool: set[str]) -> CellPool | None:
         """The ``wyckoff`` generator's weighted (composition, size) cells over ``pool``.
 
-        ``None`` when no cell uses only trained elements.
+        Only cells of trained elements with at most :data:`MAX_COUNT` atoms of each (the
+        largest count of the composition prefix); ``None`` when there is none.
         """
         from crystalforge.generators.symmetry import CellPool
         from crystalforge.generators.wyckoff import WyckoffPriorGenerator
 
         wyckoff = WyckoffPriorGenerator()
         every = wyckoff._pool(request, wyckoff.priors).cells  # pyright: ignore[reportPrivateUsage]
-        cells = [c for c in every if set(c.choice.elements) <= pool]
+        cells = [
+            c
+            for c in every
+            if set(c.choice.elements) <= pool and max(_counts(c).values()) <= MAX_COUNT
+        ]
         return CellPool.of(cells) if cells else None
 
     # -- fallback --------------------------------------------------------------------------
@@ -638,14 +672,7 @@ def _allowed_exact(vocab: Vocabulary, state: _State, step: int, group_ids: list[
     assert state.target is not None
     target = state.target
     if step == 1:
-        return [
-            i
-            for i in group_ids
-            if all(
-                _fillable(g := int(vocab.tokens[i][2:]), n * centering_multiplicity(g))
-                for n in target.values()
-            )
-        ]
+        return _groups_holding(vocab, target, group_ids)
     if step % 2 == 0:  # element (or end)
         if state.sites and state.left(state.sites[-1][0]) > 0:
             current = state.sites[-1][0]
@@ -678,6 +705,65 @@ def _allowed_exact(vocab: Vocabulary, state: _State, step: int, group_ids: list[
     return out
 
 
+def _groups_holding(vocab: Vocabulary, counts: dict[str, int], group_ids: list[int]) -> list[int]:
+    """Space-group tokens whose Wyckoff positions can hold each element's primitive count."""
+    return [
+        i
+        for i in group_ids
+        if all(
+            _fillable(g := int(vocab.tokens[i][2:]), n * centering_multiplicity(g))
+            for n in counts.values()
+        )
+    ]
+
+
+def _allowed_prefix(
+    vocab: Vocabulary,
+    state: _State,
+    step: int,
+    pool_ids: list[int],
+    group_ids: list[int],
+    required: set[str],
+    request: GenerationRequest,
+    balanced: Callable[[str], bool] | None,
+) -> list[int]:
+    """Token ids allowed in the composition prefix and for the space group after it.
+
+    With ``state.target`` the prefix is forced to it. Otherwise the model writes it: elements
+    of the pool by atomic number (required ones not skipped), each followed by a count, and the
+    space group (which ends the prefix) once every required element is present, the cell has
+    ``min_atoms``-``max_atoms`` atoms and ``balanced`` accepts the formula.
+    """
+    if state.target is not None:
+        words = [w for e, n in state.target.items() for w in (e, count_token(n))]
+        if step - 1 < len(words):
+            return [vocab.index[words[step - 1]]]
+        return _groups_holding(vocab, state.target, group_ids)
+    total = sum(n for _, n in state.prefix)
+    present = {e for e, _ in state.prefix}
+    missing = required - present
+    if (step - 1) % 2:  # the count of the last element; leave an atom for each missing one
+        room = min(request.max_atoms - total - len(missing), MAX_COUNT)
+        return [vocab.index[count_token(n)] for n in range(1, room + 1)]
+    allowed: list[int] = []
+    if len(state.prefix) < MAX_ELEMENTS:
+        last_z = _z(state.prefix[-1][0]) if state.prefix else 0
+        for i in pool_ids:
+            element = vocab.tokens[i]
+            z = _z(element)
+            left = missing - {element}
+            if z <= last_z or any(_z(m) < z for m in left):
+                continue
+            if len(left) + 1 > request.max_atoms - total:
+                continue
+            allowed.append(i)
+    if state.prefix and not missing and request.min_atoms <= total <= request.max_atoms:
+        counts = dict(state.prefix)
+        if balanced is None or balanced(Composition(counts).reduced_formula):
+            allowed += _groups_holding(vocab, counts, group_ids)
+    return allowed
+
+
 def _resample(
     genes: list[WyckoffGene | None],
     log_weights: list[float],
@@ -701,9 +787,9 @@ def _resample(
 
 
 def _counts(cell: Cell) -> dict[str, int]:
-    """Atoms per element of a cell's primitive cell."""
+    """Atoms per element of a cell's primitive cell, by atomic number (the prefix's order)."""
     symbols, counts = cell.choice.species_and_counts(cell.z)
-    return dict(zip(symbols, counts, strict=True))
+    return dict(sorted(zip(symbols, counts, strict=True), key=lambda sc: _z(sc[0])))
 
 
 @functools.cache
@@ -732,11 +818,19 @@ def _fillable(space_group: int, atoms: int) -> bool:
 
 def _advance(vocab: Vocabulary, state: _State, token: int, step: int) -> None:
     word = vocab.tokens[token]
-    if step == 1:
+    if word.startswith("SG"):
         state.space_group = int(word[2:])
+        state.start = step
+        if state.target is None and state.prefix:
+            state.target = dict(state.prefix)
+    elif not state.space_group:  # composition prefix: an element, then its count
+        if word.startswith("#"):
+            state.prefix[-1] = (state.prefix[-1][0], int(word[1:]))
+        else:
+            state.prefix.append((word, 0))
     elif word == "<eos>":
         state.done = True
-    elif step % 2 == 0:
+    elif (step - state.start) % 2:
         state.sites.append((word, ""))
     else:
         element = state.sites[-1][0]

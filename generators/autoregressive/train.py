@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from crystalforge.generators.autoregressive.tokenizer import (
+    MAX_ELEMENTS,
     MAX_SITES,
     Vocabulary,
     WyckoffGene,
@@ -169,6 +170,7 @@ def train(
     d_model: int,
     n_layers: int,
     time_budget_s: float,
+    composition_prefix: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and return ``(checkpoint, metrics)``; the checkpoint holds the best-validation state.
 
@@ -185,6 +187,9 @@ def train(
         d_model: Model width.
         n_layers: Transformer blocks.
         time_budget_s: Stop after the epoch that passes this wall-clock budget, seconds.
+        composition_prefix: Sequences start with the composition (``(El #k)*``, see
+            :mod:`~crystalforge.generators.autoregressive.tokenizer`); ``False``: the
+            space group comes first, as in checkpoints before 2026-12-07.
     """
     import torch
 
@@ -199,8 +204,8 @@ def train(
     n_val = max(1, int(len(genes) * VALIDATION_SHARE))
     val_rows = [genes[i] for i in order[:n_val]]
     train_rows = [genes[i] for i in order[n_val:]]
-    vocab = build_vocabulary(_gene(r) for r in train_rows)
-    max_len = 2 * MAX_SITES + 3
+    vocab = build_vocabulary((_gene(r) for r in train_rows), composition_prefix=composition_prefix)
+    max_len = 2 * MAX_SITES + 3 + (2 * MAX_ELEMENTS if composition_prefix else 0)
 
     def encode(rows: list[dict[str, Any]]) -> np.ndarray:
         seqs = []
@@ -208,6 +213,9 @@ def train(
             try:
                 seqs.append(vocab.encode(_gene(row)))
             except KeyError:  # a validation row with an element unseen in training
+                continue
+            except ValueError as exc:  # counts that do not divide by the centring
+                logger.warning("skipping %s: %s", row["material_id"], exc)
                 continue
         return _pad(seqs, vocab.pad, max_len)
 
@@ -290,7 +298,7 @@ def train(
         for el in {e for e, _ in row["sites"]}:
             element_counts[el] = element_counts.get(el, 0) + 1
     checkpoint = {
-        "format": 1,
+        "format": 2 if composition_prefix else 1,
         "config": config.to_json(),
         "vocabulary": vocab.to_json(),
         "state_dict": {k: v.half() for k, v in best[1].items()},
@@ -299,6 +307,7 @@ def train(
     }
     metrics = {
         "parameters": model.num_parameters(),
+        "composition_prefix": composition_prefix,
         "train_rows": len(train_data),
         "validation_rows": len(val_data),
         "best_epoch": best[2],
@@ -350,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-composition-prefix",
+        action="store_true",
+        help="space group first, no composition prefix (the checkpoints before 2026-12-07)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-budget-s", type=float, default=2400.0)
@@ -374,11 +388,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cached_only=args.cached_only,
     )
     kept = [
-        r for r in rows if r["num_atoms"] <= MAX_PRIMITIVE_ATOMS and len(r["sites"]) <= MAX_SITES
+        r
+        for r in rows
+        if r["num_atoms"] <= MAX_PRIMITIVE_ATOMS
+        and len(r["sites"]) <= MAX_SITES
+        and len({e for e, _ in r["sites"]}) <= MAX_ELEMENTS
     ]
     summary.update(
         analysed=len(rows),
         kept_at_most_20_atoms=len(kept),
+        max_elements=MAX_ELEMENTS,
         symprec=0.1,
         angle_tolerance=5.0,
     )
@@ -395,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         d_model=args.d_model,
         n_layers=args.layers,
         time_budget_s=args.time_budget_s,
+        composition_prefix=not args.no_composition_prefix,
     )
     checkpoint["source"] = summary
     metrics["source"] = summary

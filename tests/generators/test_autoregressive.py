@@ -4,6 +4,7 @@ on the checkpoint shipped in the package."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +19,9 @@ from crystalforge.generators.autoregressive.tokenizer import WyckoffGene, build_
 from crystalforge.generators.base import GenerationRequest
 from crystalforge.generators.registry import load_generator
 from tests.contracts.generator import CONTRACT_REQUEST, make_generator_contract_tests
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.skipif(
     not DEFAULT_CHECKPOINT.exists(), reason=f"checkpoint {DEFAULT_CHECKPOINT} not shipped"
@@ -258,3 +262,76 @@ def test_auto_composition_asks_the_model_first() -> None:
     metallic = GenerationRequest(num_structures=3, seed=0, chemical_system=("Ag", "Lu", "Pb"))
     assert {c.parameters["composition"] for c in auto.generate(ionic)} == {"prior"}
     assert {c.parameters["composition"] for c in auto.generate(metallic)} == {"model"}
+
+
+def test_composition_prefix_encodes_primitive_counts() -> None:
+    vocab = build_vocabulary([ROCK_SALT])
+    assert vocab.composition_prefix
+    words = [vocab.tokens[i] for i in vocab.encode(ROCK_SALT)]
+    # Fm-3m's conventional cell holds four primitive cells: one Na and one Cl each.
+    assert words == ["<bos>", "Na", "#1", "Cl", "#1", "SG225", "Na", "4a", "Cl", "4b", "<eos>"]
+    assert vocab.decode(vocab.encode(ROCK_SALT)) == ROCK_SALT
+    old = build_vocabulary([ROCK_SALT], composition_prefix=False)
+    assert not old.composition_prefix
+    assert [old.tokens[i] for i in old.encode(ROCK_SALT)][:3] == ["<bos>", "SG225", "Na"]
+    with pytest.raises(ValueError, match="does not divide into primitive cells"):
+        vocab.encode(WyckoffGene(225, (("Na", "2a"),)))  # F-centred: 2 atoms are half a cell
+
+
+@pytest.mark.parametrize("composition_prefix", [True, False])
+def test_tiny_checkpoints_of_both_formats_sample_what_they_learned(
+    tmp_path: Path, composition_prefix: bool
+) -> None:
+    """A model trained on rock salt alone writes rock salt, with and without the prefix, and
+    with the composition its own or drawn from the prior."""
+    import torch
+
+    from crystalforge.generators.autoregressive.train import train
+
+    rows = [
+        {"material_id": f"r{i}", "space_group": 225, "sites": [["Na", "4a"], ["Cl", "4b"]],
+         "num_atoms": 2}
+        for i in range(64)
+    ]  # fmt: skip
+    checkpoint, metrics = train(
+        rows, epochs=25, batch_size=16, lr=5e-3, seed=0, device="cpu", d_model=16,
+        n_layers=1, time_budget_s=120, composition_prefix=composition_prefix,
+    )  # fmt: skip
+    assert checkpoint["format"] == (2 if composition_prefix else 1)
+    assert metrics["best_val_loss"] < 0.5
+    path = tmp_path / "tiny.pt"
+    torch.save(checkpoint, path)
+    request = GenerationRequest(num_structures=3, seed=0, chemical_system=("Cl", "Na"))
+    for mode in ("model", "prior"):
+        generator = AutoregressiveGenerator(
+            checkpoint_path=str(path),
+            composition=mode,
+            fallback="none",  # type: ignore[arg-type]
+        )
+        out = generator.generate(request)
+        assert out, mode
+        for candidate in out:
+            assert candidate.parameters["composition"] == mode
+            assert candidate.structure.composition.reduced_formula == "NaCl"
+            assert str(candidate.parameters["wyckoff_gene"]).startswith("225 ")
+
+
+def test_prefix_model_writes_its_own_balanced_composition_within_the_atom_range() -> None:
+    from crystalforge.generators.autoregressive.generator import _element_pool
+    from crystalforge.generators.compositions import enumerate_compositions
+
+    loaded = _load(str(DEFAULT_CHECKPOINT))
+    if not loaded.composition_prefix:
+        pytest.skip("the shipped checkpoint has no composition prefix")
+    request = GenerationRequest(
+        num_structures=8, seed=3, chemical_system=("Li", "Mn", "O"), min_atoms=4, max_atoms=10
+    )
+    allowed = {c.formula for c in enumerate_compositions(request)}
+    out = AutoregressiveGenerator(composition="model", fallback="none").generate(request)
+    assert len(out) == 8
+    pool, required = _element_pool(request)
+    for candidate in out:
+        composition = candidate.structure.composition
+        assert composition.reduced_formula in allowed
+        assert {el.symbol for el in composition.elements} == pool == required
+        assert 4 <= len(candidate.structure) <= 10
