@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -132,6 +133,47 @@ def _analyse_rows(material_ids: list[str], cifs: list[str]) -> list[dict[str, An
     return out
 
 
+def split(
+    genes: list[dict[str, Any]], rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(training, validation)`` rows: a seeded :data:`VALIDATION_SHARE` of ``genes``."""
+    order = rng.permutation(len(genes))
+    n_val = max(1, int(len(genes) * VALIDATION_SHARE))
+    return [genes[i] for i in order[n_val:]], [genes[i] for i in order[:n_val]]
+
+
+def score(path: Path, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean negative log-likelihood of a checkpoint on ``rows``, nats.
+
+    ``per_structure`` sums over a whole sequence, so checkpoints with and without the
+    composition prefix compare on the same crystals; ``space_group`` is the space-group token
+    alone (given the composition when the prefix comes first). Rows the vocabulary cannot
+    encode are left out and counted in ``rows``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from crystalforge.generators.autoregressive.generator import _load
+
+    loaded = _load(str(path))
+    total = group = 0.0
+    scored = 0
+    for row in rows:
+        try:
+            ids = loaded.vocab.encode(_gene(row))
+        except (KeyError, ValueError):
+            continue
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logp = F.log_softmax(loaded.model(x[:, :-1]), -1)[0]
+        nll = -logp[torch.arange(len(ids) - 1), x[0, 1:]]
+        at = next(i for i, t in enumerate(ids) if loaded.vocab.tokens[t].startswith("SG"))
+        total += float(nll.sum())
+        group += float(nll[at - 1])
+        scored += 1
+    return {"rows": scored, "per_structure": total / scored, "space_group": group / scored}
+
+
 def _gene(row: dict[str, Any]) -> WyckoffGene:
     return WyckoffGene(int(row["space_group"]), tuple((e, w) for e, w in row["sites"]))
 
@@ -200,10 +242,7 @@ def train(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    order = rng.permutation(len(genes))
-    n_val = max(1, int(len(genes) * VALIDATION_SHARE))
-    val_rows = [genes[i] for i in order[:n_val]]
-    train_rows = [genes[i] for i in order[n_val:]]
+    train_rows, val_rows = split(genes, rng)
     vocab = build_vocabulary((_gene(r) for r in train_rows), composition_prefix=composition_prefix)
     max_len = 2 * MAX_SITES + 3 + (2 * MAX_ELEMENTS if composition_prefix else 0)
 
@@ -375,6 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cached-only", action="store_true", help="train on the parts already cached"
     )
+    parser.add_argument(
+        "--score",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="CHECKPOINT",
+        help="no training: print each checkpoint's negative log-likelihood on the validation "
+        "part of --seed (nats per structure, and on the space-group token)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
@@ -403,6 +451,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logger.info("%d analysed rows, %d with <= %d atoms", len(rows), len(kept), MAX_PRIMITIVE_ATOMS)
     if args.prepare_only:
+        return 0
+    if args.score:
+        _, validation = split(kept, np.random.default_rng(args.seed))
+        lines = [
+            "| checkpoint | rows | nats per structure | nats on the space-group token |",
+            "| --- | --- | --- | --- |",
+        ]
+        for path in args.score:
+            nll = score(path, validation)
+            lines.append(
+                f"| {path} | {nll['rows']:.0f} | {nll['per_structure']:.2f} "
+                f"| {nll['space_group']:.2f} |"
+            )
+        sys.stdout.write("\n".join(lines) + "\n")
         return 0
     checkpoint, metrics = train(
         kept,

@@ -284,9 +284,11 @@ def test_tiny_checkpoints_of_both_formats_sample_what_they_learned(
 ) -> None:
     """A model trained on rock salt alone writes rock salt, with and without the prefix, and
     with the composition its own or drawn from the prior."""
+    import math
+
     import torch
 
-    from crystalforge.generators.autoregressive.train import train
+    from crystalforge.generators.autoregressive.train import score, train
 
     rows = [
         {"material_id": f"r{i}", "space_group": 225, "sites": [["Na", "4a"], ["Cl", "4b"]],
@@ -301,6 +303,9 @@ def test_tiny_checkpoints_of_both_formats_sample_what_they_learned(
     assert metrics["best_val_loss"] < 0.5
     path = tmp_path / "tiny.pt"
     torch.save(checkpoint, path)
+    nll = score(path, [*rows[:8], {**rows[0], "sites": [["K", "4a"], ["Cl", "4b"]]}])
+    assert nll["rows"] == 8  # K has no token: left out
+    assert nll["space_group"] < 0.2 < math.log(230)  # it learned Fm-3m (uniform: 5.4 nats)
     request = GenerationRequest(num_structures=3, seed=0, chemical_system=("Cl", "Na"))
     for mode in ("model", "prior"):
         generator = AutoregressiveGenerator(
