@@ -210,6 +210,10 @@ class AutoregressiveGenerator:
     fallback, 7.5 samples/s) and 25.0 % with ``"model"`` (whose time budget ran out in 32 of
     180, filled by ``wyckoff``; 0.4 samples/s): docs/models/autoregressive.md. Unconditional
     requests always use ``"model"``."""
+    max_gene_repeats: int = 2
+    """Structures one request takes from the same gene (space group and sites); a gene without
+    free coordinates is taken once, whatever this says: its placements differ only in the
+    lattice, which CHGNet relaxes to the same crystal."""
     min_space_group_support: int = 3
     """Training rows a requested space group needs to be sampled by the model."""
     fallback: Fallback = "wyckoff"
@@ -229,6 +233,8 @@ class AutoregressiveGenerator:
             )
         if self.pyxtal_attempts < 1:
             raise ConfigError(f"pyxtal_attempts must be >= 1, got {self.pyxtal_attempts!r}")
+        if self.max_gene_repeats < 1:
+            raise ConfigError(f"max_gene_repeats must be >= 1, got {self.max_gene_repeats!r}")
         if self.resample < 1:
             raise ConfigError(f"resample must be >= 1, got {self.resample!r}")
         if self.composition not in ("prior", "model", "auto"):
@@ -341,7 +347,8 @@ class AutoregressiveGenerator:
         budget = max(request.num_structures, 4) * self.samples_per_structure
         kept = UniqueCandidates(self.name, request)
         out = kept.items
-        sampled = rejected = failed = 0
+        sampled = rejected = failed = repeated = 0
+        taken: dict[WyckoffGene, int] = {}  # structures kept per gene
         allowed_groups = groups or tuple(
             sg for sg, n in sorted(loaded.space_group_counts.items()) if n > 0
         )
@@ -380,6 +387,9 @@ class AutoregressiveGenerator:
                 if formula is None or (self.charge_balanced and not _balanced(formula, formulas)):
                     rejected += 1
                     continue
+                if taken.get(gene, 0) >= (1 if _rigid(gene) else self.max_gene_repeats):
+                    repeated += 1
+                    continue
                 seed = int(torch.randint(0, 2**62, (1,), generator=generator))
                 structure = None
                 for attempt in range(self.pyxtal_attempts):
@@ -404,11 +414,12 @@ class AutoregressiveGenerator:
                     "push_steps": self.push_steps,
                     "sample_index": sampled - size,
                 }
-                kept.add(structure, parameters)
+                if kept.add(structure, parameters) is not None:
+                    taken[gene] = taken.get(gene, 0) + 1
         logger.info(
-            "autoregressive: %d structures from %d sampled sequences "
-            "(%d off-composition, %d pyxtal failures, %d duplicates)",
-            len(out), sampled, rejected, failed, kept.duplicates,
+            "autoregressive: %d structures from %d sampled sequences (%d off-composition, "
+            "%d repeated genes, %d pyxtal failures, %d duplicates)",
+            len(out), sampled, rejected, repeated, failed, kept.duplicates,
         )  # fmt: skip
         return out
 
@@ -836,6 +847,11 @@ def _advance(vocab: Vocabulary, state: _State, token: int, step: int) -> None:
         element = state.sites[-1][0]
         state.sites[-1] = (element, word)
         state.atoms += multiplicity(word)
+
+
+def _rigid(gene: WyckoffGene) -> bool:
+    """Whether every site of ``gene`` is a fixed position (no free coordinates)."""
+    return all(_fixed(gene.space_group, label) for _, label in gene.sites)
 
 
 @functools.cache

@@ -340,3 +340,24 @@ def test_prefix_model_writes_its_own_balanced_composition_within_the_atom_range(
         assert composition.reduced_formula in allowed
         assert {el.symbol for el in composition.elements} == pool == required
         assert 4 <= len(candidate.structure) <= 10
+
+
+def test_a_gene_without_free_coordinates_is_proposed_once() -> None:
+    """Rock-salt KCl twice is one crystal after relaxation: a rigid gene is taken once, any
+    other at most ``max_gene_repeats`` times."""
+    from collections import Counter
+
+    from crystalforge.generators.autoregressive.generator import _fixed
+
+    request = GenerationRequest(
+        num_structures=12, seed=0, chemical_system=("Br", "Cl", "K"), max_atoms=6
+    )
+    out = AutoregressiveGenerator(fallback="none", max_gene_repeats=2).generate(request)
+    genes = Counter(str(c.parameters["wyckoff_gene"]) for c in out)
+    assert len(out) == 12
+    for text, times in genes.items():
+        group, *sites = text.split()
+        rigid = all(_fixed(int(group), site.split(":")[1]) for site in sites)
+        assert times <= (1 if rigid else 2), text
+    with pytest.raises(ConfigError, match="max_gene_repeats must be >= 1"):
+        AutoregressiveGenerator(max_gene_repeats=0)
