@@ -1,17 +1,25 @@
 """The autoregressive generator: sample Wyckoff token sequences, let PyXtal place the atoms.
 
-Sampling writes ``SG (El W)* <eos>`` one token at a time with masked logits, so every finished
-sequence already satisfies the hard constraints of the request:
+Sampling writes ``(El #k)* SG (El W)* <eos>`` one token at a time with masked logits (checkpoints
+before 2026-12-07 have no composition prefix ``(El #k)*``), so every finished sequence already
+satisfies the hard constraints of the request:
 
-* the space group is one of ``request.space_groups`` when given (the first token is forced to
-  them), else any group seen in training;
-* elements come from the request's pool (``chemical_system``, or ``elements`` minus
-  ``excluded_elements``), in canonical (atomic-number) order, and ``<eos>`` is allowed only once
-  every required element is present and the primitive cell has at least ``min_atoms`` atoms;
+* the composition prefix is forced to a composition drawn from the ``wyckoff`` generator's
+  priors (``composition="prior"``, the default when the request names elements), or written by
+  the model from the request's pool in atomic-number order, required elements included, within
+  ``min_atoms``-``max_atoms``, and closed by a space group only when the formula is one of the
+  request's charge-balanced compositions;
+* the space group is one of ``request.space_groups`` when given, else any group seen in
+  training, and its Wyckoff positions can hold each element's count;
 * Wyckoff labels are those of the drawn group, in canonical order, never a fixed (zero degree
-  of freedom) position twice, and never past ``max_atoms`` atoms per primitive cell.
+  of freedom) position twice, and they write exactly the prefix's atoms (without a prefix:
+  elements from the pool in canonical order, ``<eos>`` once every required element is present
+  and the cell has ``min_atoms``-``max_atoms`` atoms).
 
-The composition must then be one of the request's charge-balanced compositions
+A gene without free coordinates is placed once per request, others at most
+``max_gene_repeats`` times (repeats relax to the same crystal).
+
+The composition must be one of the request's charge-balanced compositions
 (:func:`~crystalforge.generators.compositions.enumerate_compositions`, which also applies
 ``formula`` and ``compositions``); PyXtal fits a random lattice and free coordinates to the sites
 (``from_random`` with those sites) and the structure is reduced to its primitive cell.
