@@ -392,7 +392,7 @@ class AutoregressiveGenerator:
                     rejected += 1
                     continue
                 formula = _formula(gene)
-                if formula is None or (self.charge_balanced and not _balanced(formula, formulas)):
+                if formula is None or (balanced is not None and not balanced(formula)):
                     rejected += 1
                     continue
                 if taken.get(gene, 0) >= (1 if _rigid(gene) else self.max_gene_repeats):
@@ -876,11 +876,10 @@ def _z(symbol: str) -> int:
 
 def _formula(gene: WyckoffGene) -> str | None:
     """Reduced formula of a gene; ``None`` when the cell does not divide into primitive cells."""
-    counts = gene.conventional_counts()
-    centering = centering_multiplicity(gene.space_group)
-    if any(n % centering for n in counts.values()):
+    try:
+        return Composition(gene.primitive_counts()).reduced_formula
+    except ValueError:
         return None
-    return Composition(counts).reduced_formula
 
 
 def place_gene(
