@@ -42,7 +42,7 @@ from crystalforge.generators.autoregressive.tokenizer import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
     import torch
 
@@ -53,6 +53,31 @@ MAX_PRIMITIVE_ATOMS = 20
 VALIDATION_SHARE = 0.05
 DEFAULT_OUT = Path(__file__).parent / "data" / "wyckoff_transformer.pt"
 DEFAULT_CACHE = Path.home() / ".cache" / "crystalforge" / "autoregressive"
+SUBSTITUTION_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("Li", "Na", "K", "Rb", "Cs"),
+    ("Ca", "Sr", "Ba", "Eu", "Yb"),
+    ("Y", "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Lu"),
+    ("Th", "Pa", "U", "Np", "Pu"),
+    ("Ti", "Zr", "Hf"),
+    ("V", "Nb", "Ta"),
+    ("Cr", "Mo", "W"),
+    ("Mn", "Tc", "Re"),
+    ("Fe", "Ru", "Os"),
+    ("Co", "Rh", "Ir"),
+    ("Ni", "Pd", "Pt"),
+    ("Cu", "Ag", "Au"),
+    ("Zn", "Cd", "Hg"),
+    ("Al", "Ga", "In", "Tl"),
+    ("Si", "Ge", "Sn", "Pb"),
+    ("P", "As", "Sb", "Bi"),
+    ("S", "Se", "Te"),
+    ("Cl", "Br", "I"),
+)
+"""Elements that commonly take one another's sites in a structure type, for
+:func:`substitute`: a periodic-table group below its first-row member (whose chemistry differs:
+H, Be, B, C, N, O, F are in no family), trivalent rare earths with Y, and divalent Eu and Yb with
+the heavy alkaline earths they match in ionic radius (Yb2+ ~ Ca2+, Eu2+ ~ Sr2+)."""
+_FAMILY_OF = {el: family for family in SUBSTITUTION_FAMILIES for el in family}
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -142,6 +167,33 @@ def split(
     return [genes[i] for i in order[n_val:]], [genes[i] for i in order[:n_val]]
 
 
+def substitute(
+    row: dict[str, Any], rng: np.random.Generator, known: Collection[str]
+) -> dict[str, Any]:
+    """``row`` with one element replaced by a member of its :data:`SUBSTITUTION_FAMILIES`.
+
+    The element and its replacement are drawn uniformly among the row's elements that have a
+    family member in ``known`` and not already in the row; atom counts, space group and Wyckoff
+    positions stay. A row without such an element is returned unchanged. Training on these
+    rows (``train(substitution_share=...)``) shows the model each structure type with chemically
+    close elements, which is what it must generalise to for chemical systems it never saw.
+    """
+    present = {e for e, _ in row["sites"]}
+    options = {
+        el: [m for m in _FAMILY_OF.get(el, ()) if m in known and m not in present]
+        for el in sorted(present)
+    }
+    movable = [el for el, partners in options.items() if partners]
+    if not movable:
+        return row
+    old = movable[int(rng.integers(len(movable)))]
+    new = options[old][int(rng.integers(len(options[old])))]
+    gene = WyckoffGene.of(
+        int(row["space_group"]), ((new if e == old else e, w) for e, w in row["sites"])
+    )
+    return {**row, "sites": [list(s) for s in gene.sites], "substituted": f"{old}->{new}"}
+
+
 def score(path: Path, rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean negative log-likelihood of a checkpoint on ``rows``, nats.
 
@@ -213,6 +265,7 @@ def train(
     n_layers: int,
     time_budget_s: float,
     composition_prefix: bool = True,
+    substitution_share: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and return ``(checkpoint, metrics)``; the checkpoint holds the best-validation state.
 
@@ -232,7 +285,13 @@ def train(
         composition_prefix: Sequences start with the composition (``(El #k)*``, see
             :mod:`~crystalforge.generators.autoregressive.tokenizer`); ``False``: the
             space group comes first, as in checkpoints before 2026-12-07.
+        substitution_share: Each epoch, this share of the training rows is replaced by
+            :func:`substitute` (one element swapped for a family member the vocabulary holds),
+            drawn afresh every epoch; validation rows are never substituted. ``0``: no
+            augmentation (the checkpoints before 2026-12-08).
     """
+    if not 0.0 <= substitution_share <= 1.0:
+        raise ValueError(f"substitution_share must be in [0, 1], got {substitution_share!r}")
     import torch
 
     from crystalforge.generators.autoregressive.model import ModelConfig, WyckoffTransformer
@@ -259,6 +318,19 @@ def train(
         return _pad(seqs, vocab.pad, max_len)
 
     train_data, val_data = encode(train_rows), encode(val_rows)
+    known = {t for t in vocab.tokens if t in _FAMILY_OF}
+
+    def epoch_data() -> np.ndarray:
+        if substitution_share == 0.0:
+            return train_data
+        draws = rng.random(len(train_rows))
+        return encode(
+            [
+                substitute(row, rng, known) if draw < substitution_share else row
+                for row, draw in zip(train_rows, draws, strict=True)
+            ]
+        )
+
     config = ModelConfig(
         vocab_size=len(vocab), max_len=max_len, d_model=d_model, n_layers=n_layers,
         d_ff=3 * d_model,
@@ -284,7 +356,7 @@ def train(
             break
         model.train()
         total = count = 0.0
-        for batch in _batches(train_data, batch_size, rng):
+        for batch in _batches(epoch_data(), batch_size, rng):
             ids = torch.from_numpy(batch).to(dev)
             loss = _loss(model, ids, vocab.pad)
             optimizer.zero_grad()
@@ -347,6 +419,7 @@ def train(
     metrics = {
         "parameters": model.num_parameters(),
         "composition_prefix": composition_prefix,
+        "substitution_share": substitution_share,
         "train_rows": len(train_data),
         "validation_rows": len(val_data),
         "best_epoch": best[2],
@@ -402,6 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-composition-prefix",
         action="store_true",
         help="space group first, no composition prefix (the checkpoints before 2026-12-07)",
+    )
+    parser.add_argument(
+        "--substitution-share",
+        type=float,
+        default=0.0,
+        help="share of training rows per epoch with one element swapped for a chemically "
+        "close one (SUBSTITUTION_FAMILIES); 0: none",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=1)
@@ -477,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_layers=args.layers,
         time_budget_s=args.time_budget_s,
         composition_prefix=not args.no_composition_prefix,
+        substitution_share=args.substitution_share,
     )
     checkpoint["source"] = summary
     metrics["source"] = summary

@@ -361,3 +361,70 @@ def test_a_gene_without_free_coordinates_is_proposed_once() -> None:
         assert times <= (1 if rigid else 2), text
     with pytest.raises(ConfigError, match="max_gene_repeats must be >= 1"):
         AutoregressiveGenerator(max_gene_repeats=0)
+
+
+def test_substitution_swaps_one_element_within_its_family_and_keeps_the_sites() -> None:
+    import numpy as np
+
+    from crystalforge.generators.autoregressive.train import SUBSTITUTION_FAMILIES, substitute
+
+    row = {"material_id": "x", "space_group": 221, "num_atoms": 5,
+           "sites": [["Sr", "1a"], ["Ti", "1b"], ["O", "3c"]]}  # fmt: skip
+    known = {"Sr", "Ba", "Ca", "Ti", "Zr", "O", "S"}
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        out = substitute(row, rng, known)
+        old, new = out["substituted"].split("->")
+        assert old in {"Sr", "Ti"}  # O has no family: oxides stay oxides
+        family = next(f for f in SUBSTITUTION_FAMILIES if old in f)
+        assert new in family
+        assert new in known
+        assert new != old
+        assert out["space_group"] == 221
+        assert out["num_atoms"] == 5
+        sites = [tuple(s) for s in out["sites"]]
+        assert tuple(sites) == WyckoffGene.of(221, sites).sites  # canonical order again
+        assert sorted(w for _, w in sites) == ["1a", "1b", "3c"]
+        assert sorted(e for e, _ in out["sites"]) == sorted(
+            new if e == old else e for e, _ in row["sites"]
+        )
+        seen.add(out["substituted"])
+    assert seen == {"Sr->Ba", "Sr->Ca", "Ti->Zr"}
+    assert row["sites"][0] == ["Sr", "1a"]  # the input row is not modified
+    lone = {**row, "sites": [["Sr", "1a"], ["Ti", "1b"], ["O", "3c"]]}
+    assert substitute(lone, rng, {"Sr", "Ti", "O"}) is lone  # no partner known: unchanged
+
+
+def test_training_with_substitution_learns_the_structure_type_for_family_members(
+    tmp_path: Path,
+) -> None:
+    """Rock salt seen as NaCl, KCl and NaBr: augmentation also shows KBr, which the model then
+    scores as well as the real rows; a share outside [0, 1] is named."""
+    import torch
+
+    from crystalforge.generators.autoregressive.train import score, train
+
+    pairs = [("Na", "Cl"), ("K", "Cl"), ("Na", "Br")]
+    rows = [
+        {"material_id": f"r{i}", "space_group": 225, "num_atoms": 2,
+         "sites": [[a, "4a"], [x, "4b"]]}
+        for i in range(96)
+        for a, x in [pairs[i % 3]]
+    ]  # fmt: skip
+    kbr = {"material_id": "kbr", "space_group": 225, "num_atoms": 2,
+           "sites": [["K", "4a"], ["Br", "4b"]]}  # fmt: skip
+    with pytest.raises(ValueError, match="substitution_share must be in"):
+        train(rows, epochs=1, batch_size=16, lr=5e-3, seed=0, device="cpu", d_model=16,
+              n_layers=1, time_budget_s=60, substitution_share=1.5)  # fmt: skip
+    nll = {}
+    for share in (0.0, 0.5):
+        checkpoint, metrics = train(
+            rows, epochs=25, batch_size=16, lr=5e-3, seed=0, device="cpu", d_model=16,
+            n_layers=1, time_budget_s=120, substitution_share=share,
+        )  # fmt: skip
+        assert metrics["substitution_share"] == share
+        path = tmp_path / f"tiny-{share}.pt"
+        torch.save(checkpoint, path)
+        nll[share] = score(path, [kbr])["per_structure"]
+    assert nll[0.5] < nll[0.0] - 1.0  # KBr (never a real row) is far more likely with it
