@@ -504,6 +504,105 @@ def code_fingerprint(family: str | None = None) -> str:
     return digest + ("+" + hashlib.sha1(edits.encode()).hexdigest()[:8] if edits else "")
 
 
+def pooled_sun(
+    logs: list[Path],
+    family: str,
+    baseline: str,
+    *,
+    codes: dict[str, str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """S.U.N. of ``family`` against ``baseline`` pooled over the cells of several runs.
+
+    Only systems where both have a cell of the same settings (per-family count, atoms, seed)
+    and of the current code are pooled, so each run contributes paired cells; systems of
+    different runs count as separate systems in the bootstrap.
+
+    Args:
+        logs: ``generators-cells.jsonl`` files of earlier runs.
+        family: Family label as logged, e.g. ``"autoregressive"``.
+        baseline: The family it is compared with, e.g. ``"wyckoff"``.
+        codes: Family -> code fingerprint whose cells count; default: the current
+            :func:`code_fingerprint` of each.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``{"systems", "generated", "sun", "share", "interval"}`` per family under its label,
+        and ``"ratio"``: (family share / baseline share, low, high) with a 95 % bootstrap
+        interval over systems (:func:`bootstrap_ratio`).
+    """
+    import json
+
+    pair = (family, baseline)
+    wanted = codes if codes is not None else {f: code_fingerprint(f) for f in pair}
+    per_system: dict[str, list[tuple[int, int]]] = {f: [] for f in pair}
+    for log in logs:
+        cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            cell = entry["cell"]
+            if cell["family"] in pair and entry["code"] == wanted.get(cell["family"]):
+                spec = json.dumps(entry["spec"], sort_keys=True)
+                cells[(cell["family"], spec, "-".join(cell["system"]))] = cell
+        for key in sorted({k[1:] for k in cells}):
+            if all((f, *key) in cells for f in pair):
+                for f in pair:
+                    cell = cells[(f, *key)]
+                    per_system[f].append((int(cell["generated"]), int(cell["sun"])))
+    out: dict[str, Any] = {}
+    for f, rows in per_system.items():
+        generated = sum(g for g, _ in rows)
+        sun = sum(n for _, n in rows)
+        out[f] = {
+            "systems": len(rows),
+            "generated": generated,
+            "sun": sun,
+            "share": sun / generated if generated else None,
+            "interval": wilson_interval(sun, generated),
+        }
+    out["ratio"] = bootstrap_ratio(per_system[family], per_system[baseline], seed=seed)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crystalforge.evals.generators pool FAMILY BASELINE LOG...``: a pooled table."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        description="Pool S.U.N. of two families over the cell logs of several "
+        "`eval generators` runs (paired systems, current code only)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    pool = sub.add_parser("pool", help="pooled S.U.N. table and bootstrap ratio")
+    pool.add_argument("family")
+    pool.add_argument("baseline")
+    pool.add_argument("logs", type=Path, nargs="+", help="generators-cells.jsonl files")
+    args = parser.parse_args(argv)
+    result = pooled_sun(args.logs, args.family, args.baseline)
+    lines = [
+        "| family | systems | S.U.N. / generated | Wilson 95 % |",
+        "| --- | --- | --- | --- |",
+    ]
+    for f in (args.family, args.baseline):
+        r = result[f]
+        low, high = r["interval"]
+        share = "n/a" if r["share"] is None else f"{100 * r['share']:.1f} %"
+        lines.append(
+            f"| {f} | {r['systems']} | {r['sun']} / {r['generated']} ({share}) "
+            f"| {100 * low:.1f}-{100 * high:.1f} |"
+        )
+    ratio, low, high = result["ratio"]
+    interval = "" if low is None or high is None else f" [{low:.2f}-{high:.2f}]"
+    point = "n/a" if ratio is None else f"{ratio:.2f}"
+    lines.append(
+        f"\n{args.family} / {args.baseline} S.U.N. share: {point}{interval} "
+        f"(95 % bootstrap over {result[args.family]['systems']} systems)"
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def _cell_key(family: str, system: tuple[str, ...]) -> str:
     return f"{family}|{'-'.join(system)}"
 
@@ -729,3 +828,7 @@ def _plot(tallies: dict[str, _Tally], path: Path, per_family: int) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

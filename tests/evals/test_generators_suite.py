@@ -246,3 +246,36 @@ def test_partial_tabulates_only_finished_systems(data_dir: Path, tmp_path: Path,
     assert all(r["generated"] == 4 for r in result.rows)
     assert len(result.metadata["partial_systems_left_out"]) == 2
     assert any(note.startswith("PARTIAL: 2 of 3 systems") for note in result.notes)
+
+
+def test_pooled_sun_pairs_systems_across_runs_and_skips_other_code(tmp_path: Path) -> None:
+    import json
+
+    from crystalforge.evals.generators import main, pooled_sun
+
+    def cell(family: str, system: str, generated: int, sun: int, code: str = "new") -> str:
+        body = {"family": family, "system": system.split("-"), "generated": generated, "sun": sun}
+        return json.dumps({"spec": {"per_family": generated, "seed": 0}, "code": code,
+                           "cell": body})  # fmt: skip
+
+    first = tmp_path / "a.jsonl"
+    first.write_text("\n".join([
+        cell("model", "A-B-C", 10, 6), cell("prior", "A-B-C", 10, 3),
+        cell("model", "D-E-F", 10, 2), cell("prior", "D-E-F", 10, 4),
+        cell("model", "G-H-I", 10, 9),  # no paired prior cell: left out
+        cell("prior", "G-H-I", 10, 0, code="old"),  # other code: left out
+    ]))  # fmt: skip
+    second = tmp_path / "b.jsonl"
+    second.write_text(cell("model", "A-B-C", 20, 10) + "\n" + cell("prior", "A-B-C", 20, 5))
+    codes = {"model": "new", "prior": "new"}
+    out = pooled_sun([first, second], "model", "prior", codes=codes)
+    assert out["model"]["systems"] == out["prior"]["systems"] == 3
+    assert (out["model"]["sun"], out["model"]["generated"]) == (18, 40)
+    assert (out["prior"]["sun"], out["prior"]["generated"]) == (12, 40)
+    ratio, low, high = out["ratio"]
+    assert ratio == pytest.approx(1.5)
+    assert low is not None
+    assert high is not None
+    assert low <= ratio <= high
+    with pytest.raises(SystemExit):
+        main(["pool"])  # family, baseline and logs are required
