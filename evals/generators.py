@@ -537,18 +537,15 @@ def pooled_sun(
     wanted = codes if codes is not None else {f: code_fingerprint(f) for f in pair}
     per_system: dict[str, list[tuple[int, int]]] = {f: [] for f in pair}
     for log in logs:
-        cells: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            cell = entry["cell"]
-            if cell["family"] in pair and entry["code"] == wanted.get(cell["family"]):
-                spec = json.dumps(entry["spec"], sort_keys=True)
-                cells[(cell["family"], spec, "-".join(cell["system"]))] = cell
+        cells: dict[tuple[str, str, str], _Cell] = {}
+        for spec, code, cell in _logged_cells(log):
+            if cell.family in pair and code == wanted.get(cell.family):
+                key = json.dumps(spec, sort_keys=True)
+                cells[(cell.family, key, "-".join(cell.system))] = cell
         for key in sorted({k[1:] for k in cells}):
             if all((f, *key) in cells for f in pair):
                 for f in pair:
-                    cell = cells[(f, *key)]
-                    per_system[f].append((int(cell["generated"]), int(cell["sun"])))
+                    per_system[f].append((cells[(f, *key)].generated, cells[(f, *key)].sun))
     out: dict[str, Any] = {}
     for f, rows in per_system.items():
         generated = sum(g for g, _ in rows)
@@ -612,24 +609,30 @@ def _read_cells(log: Path, spec: _CellSpec, codes: dict[str, str]) -> dict[str, 
 
     ``codes`` maps family -> :func:`code_fingerprint`; unreadable lines are skipped.
     """
-    import json
-
     cells: dict[str, _Cell] = {}
     if not log.exists():
         return cells
+    for logged_spec, code, cell in _logged_cells(log):
+        if logged_spec == spec.key() and code == codes.get(cell.family):
+            cells[_cell_key(cell.family, cell.system)] = cell
+    return cells
+
+
+def _logged_cells(log: Path) -> Iterator[tuple[dict[str, Any], str, _Cell]]:
+    """``(spec, code, cell)`` of every line of a cell log; unreadable lines are skipped."""
+    import json
+
     for number, line in enumerate(log.read_text().splitlines(), 1):
         try:
             entry = json.loads(line)
             cell = _Cell(**{**entry["cell"], "system": tuple(entry["cell"]["system"])})
-            if entry["spec"] != spec.key() or entry["code"] != codes.get(cell.family):
-                continue
+            logged = (entry["spec"], entry["code"], cell)
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning(
                 "eval generators: line %d of %s is not a cell (%s); skipped", number, log, exc
             )
             continue
-        cells[_cell_key(cell.family, cell.system)] = cell
-    return cells
+        yield logged
 
 
 def _append_cell(log: Path, spec: _CellSpec, code: str, cell: _Cell) -> None:
