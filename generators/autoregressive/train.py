@@ -494,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.6,
         help="share of training rows per epoch with one element swapped for a chemically "
-        "close one (SUBSTITUTION_FAMILIES); 0: none, as before 2026-12-07 (default: %(default)s, "
-        "the shipped checkpoint's)",
+        "close one (SUBSTITUTION_FAMILIES); 0: none, as the checkpoints before the evening of "
+        "2026-12-07 (default: %(default)s, the shipped checkpoint's)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=1)
@@ -515,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="CHECKPOINT",
         help="no training: print each checkpoint's negative log-likelihood on the validation "
-        "part of --seed (nats per structure, and on the space-group token)",
+        "part of --seed (nats per structure, given the composition, and on the space-group "
+        "token)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

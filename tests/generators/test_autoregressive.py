@@ -4,6 +4,7 @@ on the checkpoint shipped in the package."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
@@ -115,6 +116,37 @@ def test_temperature_changes_samples_and_is_checked() -> None:
         AutoregressiveGenerator(temperature=0)
     cold = AutoregressiveGenerator(temperature=0.5, fallback="none").generate(CONTRACT_REQUEST)
     assert {c.parameters["temperature"] for c in cold} == {0.5}
+
+
+def test_space_group_temperature_spreads_the_groups_and_leaves_the_sites() -> None:
+    """A hot space-group token draws more groups for one composition; the site tokens keep the
+    base temperature, so every sequence still writes exactly the composition."""
+    import torch
+
+    loaded = _load(str(DEFAULT_CHECKPOINT))
+    request = GenerationRequest(num_structures=1, seed=0, chemical_system=("Ag", "Lu", "Pb"))
+    groups = tuple(sorted(g for g, n in loaded.space_group_counts.items() if n > 0))
+    target = [{"Ag": 2, "Lu": 2, "Pb": 2}] * 256
+
+    def drawn(generator: AutoregressiveGenerator) -> list[int]:
+        genes, _ = generator._sample_batch(  # pyright: ignore[reportPrivateUsage]
+            loaded, torch.Generator().manual_seed(0), len(target), {"Ag", "Lu", "Pb"},
+            {"Ag", "Lu", "Pb"}, groups, request, target,
+        )  # fmt: skip
+        finished = [g for g in genes if g is not None]
+        assert all(g.primitive_counts() == {"Ag": 2, "Pb": 2, "Lu": 2} for g in finished)
+        return [g.space_group for g in finished]
+
+    def entropy(values: list[int]) -> float:
+        counts = torch.tensor(list(Counter(values).values()), dtype=torch.float64)
+        p = counts / counts.sum()
+        return float(-(p * p.log()).sum())
+
+    base = drawn(AutoregressiveGenerator(fallback="none", space_group_temperature=None))
+    hot = drawn(AutoregressiveGenerator(fallback="none", space_group_temperature=2.0))
+    assert entropy(hot) > entropy(base) + 0.3
+    with pytest.raises(ConfigError, match="space_group_temperature must be positive"):
+        AutoregressiveGenerator(space_group_temperature=0.0)
 
 
 def test_registry_entry() -> None:
