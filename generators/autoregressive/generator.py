@@ -176,14 +176,15 @@ class AutoregressiveGenerator:
 
     temperature: float = 1.0
     """Softmax temperature of sampling (lower: more typical sequences)."""
-    space_group_temperature: float | None = 1.5
+    space_group_temperature: float | None = None
     """Softmax temperature of the step that draws the space group (``None``: ``temperature``);
     above 1 it spreads a composition's sequences over more groups while the Wyckoff sites keep
     ``temperature``. It applies where the group is the only kind of token allowed: always with
     ``composition="prior"`` and for checkpoints without a prefix; where the model writes its
     own composition the group competes with the next prefix element and keeps ``temperature``.
-    Chosen on 18 tuning systems x 30 (docs/models/autoregressive.md): 166 S.U.N. of 540 with
-    1.5 against 151 with 1.0 and 150 for ``wyckoff``; 2.0 made 67 of 180 against 82 for 1.5."""
+    1.5 led on 18 tuning systems x 30 (166 S.U.N. of 540 against 151 for 1.0) but not on the
+    30 held-out systems (421 of 1,600 against 435), so the default stays ``None``
+    (docs/models/autoregressive.md)."""
     checkpoint_path: str | None = None
     """Checkpoint written by ``autoregressive.train``; ``None``: the one shipped in the package."""
     samples_per_structure: int = 64
