@@ -568,15 +568,32 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         description="Pool S.U.N. of two families over the cell logs of several "
-        "`eval generators` runs (paired systems, current code only)."
+        "`eval generators` runs (paired systems; the current code's cells unless --code "
+        "names another fingerprint)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     pool = sub.add_parser("pool", help="pooled S.U.N. table and bootstrap ratio")
     pool.add_argument("family")
     pool.add_argument("baseline")
     pool.add_argument("logs", type=Path, nargs="+", help="generators-cells.jsonl files")
+    pool.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="FAMILY=FINGERPRINT",
+        help="pool FAMILY's cells logged under this code fingerprint instead of the current "
+        "code's (repeatable), e.g. to re-read a run whose generator code has since changed",
+    )
     args = parser.parse_args(argv)
-    result = pooled_sun(args.logs, args.family, args.baseline)
+    codes = {f: code_fingerprint(f) for f in (args.family, args.baseline)}
+    for item in args.code:
+        name, sep, fingerprint = item.partition("=")
+        if not sep or name not in codes or not fingerprint:
+            parser.error(
+                f"--code {item!r}: expected FAMILY=FINGERPRINT with FAMILY one of {sorted(codes)!r}"
+            )
+        codes[name] = fingerprint
+    result = pooled_sun(args.logs, args.family, args.baseline, codes=codes)
     lines = [
         "| family | systems | S.U.N. / generated | Wilson 95 % |",
         "| --- | --- | --- | --- |",
@@ -589,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {f} | {r['systems']} | {r['sun']} / {r['generated']} ({share}) "
             f"| {100 * low:.1f}-{100 * high:.1f} |"
         )
+    lines.append("\ncode: " + ", ".join(f"{f} {codes[f]}" for f in (args.family, args.baseline)))
     ratio, low, high = result["ratio"]
     interval = "" if low is None or high is None else f" [{low:.2f}-{high:.2f}]"
     point = "n/a" if ratio is None else f"{ratio:.2f}"

@@ -279,3 +279,34 @@ def test_pooled_sun_pairs_systems_across_runs_and_skips_other_code(tmp_path: Pat
     assert low <= ratio <= high
     with pytest.raises(SystemExit):
         main(["pool"])  # family, baseline and logs are required
+
+
+def test_pool_command_reads_cells_of_a_pinned_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--code FAMILY=FINGERPRINT`` pools a run logged before the generator code changed."""
+    import json
+
+    from crystalforge.evals.generators import main
+
+    def cell(family: str, system: str, sun: int, code: str) -> str:
+        body = {"family": family, "system": system.split("-"), "generated": 10, "sun": sun}
+        return json.dumps({"spec": {"per_family": 10, "seed": 0}, "code": code, "cell": body})
+
+    log = tmp_path / "cells.jsonl"
+    log.write_text("\n".join([
+        cell("wyckoff", "A-B-C", 4, "then"), cell("pyxtal", "A-B-C", 2, "then"),
+        cell("wyckoff", "D-E-F", 6, "then"), cell("pyxtal", "D-E-F", 3, "then"),
+    ]))  # fmt: skip
+    assert main(["pool", "wyckoff", "pyxtal", str(log)]) == 0
+    assert "| wyckoff | 0 | 0 / 0" in capsys.readouterr().out  # none of the current code
+    pinned = ["--code", "wyckoff=then", "--code", "pyxtal=then"]
+    assert main(["pool", "wyckoff", "pyxtal", *pinned, str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "| wyckoff | 2 | 10 / 20 (50.0 %)" in out
+    assert "| pyxtal | 2 | 5 / 20 (25.0 %)" in out
+    assert "code: wyckoff then, pyxtal then" in out
+    assert "wyckoff / pyxtal S.U.N. share: 2.00" in out
+    with pytest.raises(SystemExit):
+        main(["pool", "wyckoff", "pyxtal", "--code", "diffusion=then", str(log)])
+    assert "FAMILY=FINGERPRINT" in capsys.readouterr().err
