@@ -119,8 +119,8 @@ def test_temperature_changes_samples_and_is_checked() -> None:
 
 
 def test_space_group_temperature_spreads_the_groups_and_leaves_the_sites() -> None:
-    """A hot space-group token draws more groups for one composition; the site tokens keep the
-    base temperature, so every sequence still writes exactly the composition."""
+    """A hot space-group step draws more groups for one composition, and every finished
+    sequence still writes exactly that composition (the masks, not the temperature, keep it)."""
     import torch
 
     loaded = _load(str(DEFAULT_CHECKPOINT))
