@@ -509,7 +509,7 @@ def pooled_sun(
     family: str,
     baseline: str,
     *,
-    codes: dict[str, str] | None = None,
+    codes: dict[str, set[str]] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """S.U.N. of ``family`` against ``baseline`` pooled over the cells of several runs.
@@ -522,7 +522,8 @@ def pooled_sun(
         logs: ``generators-cells.jsonl`` files of earlier runs.
         family: Family label as logged, e.g. ``"autoregressive"``.
         baseline: The family it is compared with, e.g. ``"wyckoff"``.
-        codes: Family -> code fingerprint whose cells count; default: the current
+        codes: Family -> code fingerprints whose cells count (several when the family's code
+            changed between runs without changing what it samples); default: the current
             :func:`code_fingerprint` of each.
         seed: Bootstrap seed.
 
@@ -534,12 +535,12 @@ def pooled_sun(
     import json
 
     pair = (family, baseline)
-    wanted = codes if codes is not None else {f: code_fingerprint(f) for f in pair}
+    wanted = codes if codes is not None else {f: {code_fingerprint(f)} for f in pair}
     per_system: dict[str, list[tuple[int, int]]] = {f: [] for f in pair}
     for log in logs:
         cells: dict[tuple[str, str, str], _Cell] = {}
         for spec, code, cell in _logged_cells(log):
-            if cell.family in pair and code == wanted.get(cell.family):
+            if cell.family in pair and code in wanted.get(cell.family, set()):
                 key = json.dumps(spec, sort_keys=True)
                 cells[(cell.family, key, "-".join(cell.system))] = cell
         for key in sorted({k[1:] for k in cells}):
@@ -580,19 +581,21 @@ def main(argv: list[str] | None = None) -> int:
         "--code",
         action="append",
         default=[],
-        metavar="FAMILY=FINGERPRINT",
-        help="pool FAMILY's cells logged under this code fingerprint instead of the current "
-        "code's (repeatable), e.g. to re-read a run whose generator code has since changed",
+        metavar="FAMILY=FINGERPRINT[,FINGERPRINT...]",
+        help="pool FAMILY's cells logged under these code fingerprints instead of the current "
+        "code's (repeatable), e.g. to re-read runs whose generator code has since changed",
     )
     args = parser.parse_args(argv)
-    codes = {f: code_fingerprint(f) for f in (args.family, args.baseline)}
+    codes = {f: {code_fingerprint(f)} for f in (args.family, args.baseline)}
     for item in args.code:
-        name, sep, fingerprint = item.partition("=")
-        if not sep or name not in codes or not fingerprint:
+        name, sep, fingerprints = item.partition("=")
+        pinned = {f for f in fingerprints.split(",") if f}
+        if not sep or name not in codes or not pinned:
             parser.error(
-                f"--code {item!r}: expected FAMILY=FINGERPRINT with FAMILY one of {sorted(codes)!r}"
+                f"--code {item!r}: expected FAMILY=FINGERPRINT[,FINGERPRINT...] with FAMILY one "
+                f"of {sorted(codes)!r}"
             )
-        codes[name] = fingerprint
+        codes[name] = pinned
     result = pooled_sun(args.logs, args.family, args.baseline, codes=codes)
     lines = [
         "| family | systems | S.U.N. / generated | Wilson 95 % |",
@@ -606,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {f} | {r['systems']} | {r['sun']} / {r['generated']} ({share}) "
             f"| {100 * low:.1f}-{100 * high:.1f} |"
         )
-    lines.append("\ncode: " + ", ".join(f"{f} {codes[f]}" for f in (args.family, args.baseline)))
+    lines.append(
+        "\ncode: "
+        + ", ".join(f"{f} {'+'.join(sorted(codes[f]))}" for f in (args.family, args.baseline))
+    )
     ratio, low, high = result["ratio"]
     interval = "" if low is None or high is None else f" [{low:.2f}-{high:.2f}]"
     point = "n/a" if ratio is None else f"{ratio:.2f}"

@@ -267,7 +267,7 @@ def test_pooled_sun_pairs_systems_across_runs_and_skips_other_code(tmp_path: Pat
     ]))  # fmt: skip
     second = tmp_path / "b.jsonl"
     second.write_text(cell("model", "A-B-C", 20, 10) + "\n" + cell("prior", "A-B-C", 20, 5))
-    codes = {"model": "new", "prior": "new"}
+    codes = {"model": {"new"}, "prior": {"new"}}
     out = pooled_sun([first, second], "model", "prior", codes=codes)
     assert out["model"]["systems"] == out["prior"]["systems"] == 3
     assert (out["model"]["sun"], out["model"]["generated"]) == (18, 40)
@@ -307,6 +307,14 @@ def test_pool_command_reads_cells_of_a_pinned_code(
     assert "| pyxtal | 2 | 5 / 20 (25.0 %)" in out
     assert "code: wyckoff then, pyxtal then" in out
     assert "wyckoff / pyxtal S.U.N. share: 2.00" in out
-    with pytest.raises(SystemExit):
-        main(["pool", "wyckoff", "pyxtal", "--code", "diffusion=then", str(log)])
-    assert "FAMILY=FINGERPRINT" in capsys.readouterr().err
+    log.write_text(log.read_text() + "\n" + cell("wyckoff", "G-H-I", 1, "later") + "\n"
+                   + cell("pyxtal", "G-H-I", 1, "then"))  # fmt: skip
+    both = ["--code", "wyckoff=then,later", "--code", "pyxtal=then"]
+    assert main(["pool", "wyckoff", "pyxtal", *both, str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "| wyckoff | 3 | 11 / 30" in out  # both fingerprints of wyckoff, paired by system
+    assert "code: wyckoff later+then, pyxtal then" in out
+    for bad in ("diffusion=then", "wyckoff=", "wyckoff=,"):
+        with pytest.raises(SystemExit):
+            main(["pool", "wyckoff", "pyxtal", "--code", bad, str(log)])
+        assert "FAMILY=FINGERPRINT" in capsys.readouterr().err
