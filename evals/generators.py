@@ -528,15 +528,18 @@ def pooled_sun(
         seed: Bootstrap seed.
 
     Returns:
-        ``{"systems", "generated", "sun", "share", "interval"}`` per family under its label,
-        and ``"ratio"``: (family share / baseline share, low, high) with a 95 % bootstrap
-        interval over systems (:func:`bootstrap_ratio`).
+        ``{"systems", "generated", "sun", "share", "interval"}`` per family under its label;
+        ``"ratio"``: (family share / baseline share, low, high) with a 95 % bootstrap
+        interval over systems (:func:`bootstrap_ratio`); ``"per_system"``: one
+        ``{"system", family: [generated, sun], baseline: [generated, sun]}`` per pooled cell
+        pair, in the order pooled.
     """
     import json
 
     pair = (family, baseline)
     wanted = codes if codes is not None else {f: {code_fingerprint(f)} for f in pair}
     per_system: dict[str, list[tuple[int, int]]] = {f: [] for f in pair}
+    systems: list[str] = []
     for log in logs:
         cells: dict[tuple[str, str, str], _Cell] = {}
         for spec, code, cell in _logged_cells(log):
@@ -545,6 +548,7 @@ def pooled_sun(
                 cells[(cell.family, key, "-".join(cell.system))] = cell
         for key in sorted({k[1:] for k in cells}):
             if all((f, *key) in cells for f in pair):
+                systems.append(key[1])
                 for f in pair:
                     per_system[f].append((cells[(f, *key)].generated, cells[(f, *key)].sun))
     out: dict[str, Any] = {}
@@ -559,6 +563,12 @@ def pooled_sun(
             "interval": wilson_interval(sun, generated),
         }
     out["ratio"] = bootstrap_ratio(per_system[family], per_system[baseline], seed=seed)
+    out["per_system"] = [
+        {"system": name, family: list(mine), baseline: list(theirs)}
+        for name, mine, theirs in zip(
+            systems, per_system[family], per_system[baseline], strict=True
+        )
+    ]
     return out
 
 
@@ -584,6 +594,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FAMILY=FINGERPRINT[,FINGERPRINT...]",
         help="pool FAMILY's cells logged under these code fingerprints instead of the current "
         "code's (repeatable), e.g. to re-read runs whose generator code has since changed",
+    )
+    pool.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="also draw each system's S.U.N. share, FAMILY against BASELINE, to this file",
     )
     args = parser.parse_args(argv)
     codes = {f: {code_fingerprint(f)} for f in (args.family, args.baseline)}
@@ -620,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.family} / {args.baseline} S.U.N. share: {point}{interval} "
         f"(95 % bootstrap over {result[args.family]['systems']} systems)"
     )
+    if args.plot is not None:
+        lines.append(f"\nplot: {_plot_pool(result, args.family, args.baseline, args.plot)}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -850,6 +868,47 @@ def _plot(tallies: dict[str, _Tally], path: Path, per_family: int) -> Path:
     ax.set_ylim(0, 105)
     ax.set_title(f"crystalforge eval generators: {per_family} per family and system, Wilson 95 %")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_pool(result: dict[str, Any], family: str, baseline: str, path: Path) -> Path:
+    """Per-system S.U.N. shares of :func:`pooled_sun`, ``family`` against ``baseline``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["per_system"] if r[family][0] and r[baseline][0]]
+    x = np.array([100 * r[baseline][1] / r[baseline][0] for r in rows])
+    y = np.array([100 * r[family][1] / r[family][0] for r in rows])
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    top = max([*x, *y, 10.0]) * 1.08
+    ax.plot([0, top], [0, top], color="0.6", lw=1, zorder=0)
+    ax.scatter(x, y, s=18, alpha=0.7)
+    for xi, yi, r in zip(x, y, rows, strict=True):
+        if abs(yi - xi) >= 20:  # label the systems that decide the comparison
+            ax.annotate(
+                r["system"], (xi, yi), fontsize=6, xytext=(3, 2), textcoords="offset points"
+            )
+    ratio, low, high = result["ratio"]
+    interval = ""
+    if ratio is not None and low is not None and high is not None:
+        interval = f"{ratio:.2f} [{low:.2f}-{high:.2f}]"
+    above = int((y > x).sum())
+    below = int((y < x).sum())
+    ax.set_title(
+        f"S.U.N. per system, {len(rows)} systems: {family} / {baseline} {interval}\n"
+        f"above the diagonal {above}, below {below}, level {len(rows) - above - below}",
+        fontsize=9,
+    )
+    ax.set_xlabel(f"{baseline} S.U.N., % of generated")
+    ax.set_ylabel(f"{family} S.U.N., % of generated")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

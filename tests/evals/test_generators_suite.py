@@ -277,6 +277,11 @@ def test_pooled_sun_pairs_systems_across_runs_and_skips_other_code(tmp_path: Pat
     assert low is not None
     assert high is not None
     assert low <= ratio <= high
+    assert out["per_system"] == [
+        {"system": "A-B-C", "model": [10, 6], "prior": [10, 3]},
+        {"system": "D-E-F", "model": [10, 2], "prior": [10, 4]},
+        {"system": "A-B-C", "model": [20, 10], "prior": [20, 5]},
+    ]
     with pytest.raises(SystemExit):
         main(["pool"])  # family, baseline and logs are required
 
@@ -310,8 +315,11 @@ def test_pool_command_reads_cells_of_a_pinned_code(
     log.write_text(log.read_text() + "\n" + cell("wyckoff", "G-H-I", 1, "later") + "\n"
                    + cell("pyxtal", "G-H-I", 1, "then"))  # fmt: skip
     both = ["--code", "wyckoff=then,later", "--code", "pyxtal=then"]
-    assert main(["pool", "wyckoff", "pyxtal", *both, str(log)]) == 0
+    plot = tmp_path / "pool.png"
+    assert main(["pool", "wyckoff", "pyxtal", *both, "--plot", str(plot), str(log)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
+    assert f"plot: {plot}" in out
     assert "| wyckoff | 3 | 11 / 30" in out  # both fingerprints of wyckoff, paired by system
     assert "code: wyckoff later+then, pyxtal then" in out
     for bad in ("diffusion=then", "wyckoff=", "wyckoff=,"):
